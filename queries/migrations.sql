@@ -1,0 +1,27 @@
+-- Statements of the migration runner (service/migrations.py).
+
+-- name: create_migrations_table()#
+-- Where applied migrations are recorded, with the SHA-256 of the file as applied.
+CREATE TABLE IF NOT EXISTS schema_migrations (
+  version TEXT PRIMARY KEY,
+  sha256 CHAR(64) NOT NULL,
+  applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+-- name: lock_migrations(lock_key)$
+-- Session-level advisory lock: replicas starting together apply each migration once.
+SELECT pg_advisory_lock(:lock_key);
+
+-- name: unlock_migrations(lock_key)$
+SELECT pg_advisory_unlock(:lock_key);
+
+-- name: applied_migrations()
+-- Every applied migration, oldest first.
+SELECT version, sha256, applied_at FROM schema_migrations ORDER BY version;
+
+-- name: record_migration(version, sha256)!
+INSERT INTO schema_migrations (version, sha256) VALUES (:version, :sha256);
+
+-- name: migrations_table_exists()$
+-- Lets `migrate --status` report on a fresh database without creating anything.
+SELECT to_regclass('schema_migrations') IS NOT NULL;

@@ -1,0 +1,58 @@
+"""One log line per request, with the route template instead of the raw path.
+
+The raw path holds the user id, which is a secret; the line carries its short hash.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.logs import user_hash
+
+logger = logging.getLogger("service.access")
+
+
+class AccessLogMiddleware:
+    """Logs method, route template, status, duration and user hash at INFO."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "<unmatched>"
+            user_id = scope.get("path_params", {}).get("user_id")
+            duration_ms = (time.perf_counter() - started) * 1000
+            logger.info(
+                "%s %s %d %.1fms%s",
+                scope["method"],
+                template,
+                status,
+                duration_ms,
+                f" user={user_hash(user_id)}" if user_id else "",
+                extra={
+                    "method": scope["method"],
+                    "route": template,
+                    "status": status,
+                    "duration_ms": round(duration_ms, 2),
+                    "user": user_hash(user_id) if user_id else None,
+                },
+            )

@@ -1,0 +1,145 @@
+"""create_app(settings) -> Starlette: the routes, middleware, error handlers and lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import psycopg
+import psycopg_pool
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from service import migrations, sync
+from service.access_log import AccessLogMiddleware
+from service.config import Settings
+from service.db import connection_kwargs, create_pool, queries, wait_for_database
+from service.errors import ServiceError, ServiceUnavailable, ValidationFailed
+from service.responses import ORJSONResponse
+
+logger = logging.getLogger(__name__)
+
+SYNC_PATH = "/api/sync/{user_id}"
+
+_HTTP_MESSAGES = {404: "Not found", 405: "Method not allowed", 413: "Payload too large (max 1MB)"}
+
+
+def create_app(settings: Settings) -> Starlette:
+    """Build the ASGI app for `settings`; nothing touches the database until start-up."""
+
+    async def health(request: Request) -> Response:
+        """Readiness: 200 only while PostgreSQL answers through the pool."""
+        async with request.state.pool.connection() as conn:
+            await queries.ping(conn)
+        return ORJSONResponse({"status": "ok"})
+
+    async def database_error(request: Request, exc: Exception) -> Response:
+        logger.warning("Database unavailable: %s", type(exc).__name__)
+        return service_error(request, ServiceUnavailable(settings.retry_after))
+
+    async def integrity_error(request: Request, exc: Exception) -> Response:
+        # The rules in service.payload mirror the CHECKs, so this is a bug worth an ERROR,
+        # but the client still hears "your input was refused", never a 500.
+        logger.error("PostgreSQL refused a payload the app accepted: %s", type(exc).__name__)
+        return service_error(request, ValidationFailed([]))
+
+    routes = [
+        Route(SYNC_PATH, sync.SyncRecord, name="sync_record"),
+        Route(SYNC_PATH + "/verify", sync.SyncVerify, name="sync_verify"),
+        Route("/health", health, methods=["GET"], name="health"),
+        Route("/health/live", health_live, methods=["GET"], name="health_live"),
+    ]
+    middleware = [
+        Middleware(AccessLogMiddleware),
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "PUT", "POST", "DELETE"],
+            allow_headers=["Content-Type"],
+            expose_headers=["Retry-After"],
+            max_age=600,
+        ),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={
+            ServiceError: service_error,
+            HTTPException: http_error,
+            psycopg.OperationalError: database_error,
+            psycopg.InterfaceError: database_error,
+            psycopg_pool.PoolTimeout: database_error,
+            psycopg_pool.PoolClosed: database_error,
+            psycopg.IntegrityError: integrity_error,
+            psycopg.DataError: integrity_error,
+            Exception: internal_error,
+        },
+        lifespan=_lifespan(settings),
+    )
+
+
+def app_from_env() -> Starlette:
+    """uvicorn's factory (`--factory`): each worker process builds its app from the env."""
+    return create_app(Settings.from_env())
+
+
+async def health_live(request: Request) -> Response:
+    """Liveness: the process serves requests; says nothing about PostgreSQL."""
+    return ORJSONResponse({"status": "ok"})
+
+
+def service_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServiceError)
+    return ORJSONResponse(exc.body(), status_code=exc.status, headers=dict(exc.headers()))
+
+
+def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 (and anything else it raises) in the contract's JSON shape."""
+    assert isinstance(exc, HTTPException)
+    message = _HTTP_MESSAGES.get(exc.status_code, exc.detail)
+    return ORJSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+
+
+def internal_error(request: Request, exc: Exception) -> Response:
+    """A bug: log it whole, tell the client nothing about it."""
+    logger.error("Unhandled error on %s %s", request.method, _route_of(request), exc_info=exc)
+    return ORJSONResponse({"error": "Internal server error"}, status_code=500)
+
+
+def _route_of(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", "<unmatched>")
+
+
+def _lifespan(settings: Settings):
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
+        info = await wait_for_database(settings)
+        logger.info(
+            "Connection successful: PostgreSQL %s, database %s",
+            info["server_version"],
+            info["database"],
+        )
+        if settings.migrate_on_start:
+            async with await psycopg.AsyncConnection.connect(
+                settings.database_url, **connection_kwargs(settings)
+            ) as conn:
+                applied = await migrations.migrate(conn)
+            if applied:
+                logger.info("Applied migrations: %s", ", ".join(applied))
+        pool = create_pool(settings)
+        await pool.open(wait=True, timeout=settings.startup_timeout)
+        logger.info("Database pool open (min %d, max %d)", settings.pool_min, settings.pool_max)
+        try:
+            yield {"pool": pool}
+        finally:
+            await pool.close()
+            logger.info("Database pool closed")
+
+    return lifespan

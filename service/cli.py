@@ -1,0 +1,106 @@
+"""The command line: a thin argparse front over the service's modules (DESIGN §4)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from service.config import ConfigError, Settings
+from service.logs import configure_logging
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="logikids-sync",
+        description="Zero-knowledge sync store for Logikids (configuration: environment, "
+        "see README).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the HTTP service")
+    serve.add_argument("--host", help="listen address (default: $HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (default: $PORT or 5175)")
+    serve.add_argument("--workers", type=int, help="worker processes (default: $WORKERS or 1)")
+
+    migrate = commands.add_parser("migrate", help="apply pending migrations")
+    migrate.add_argument(
+        "--status", action="store_true", help="show each migration's state, change nothing"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"logikids-sync: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(log_format=settings.log_format, log_level=settings.log_level)
+    if args.command == "serve":
+        return serve(settings, args)
+    if args.command == "migrate":
+        return asyncio.run(migrate(settings, status_only=args.status))
+    raise AssertionError(args.command)
+
+
+def serve(settings: Settings, args: argparse.Namespace) -> int:
+    """Run uvicorn; each worker builds its app (and pool) from the environment."""
+    import os
+
+    import uvicorn
+
+    settings = settings.with_changes(
+        host=args.host or settings.host,
+        port=args.port if args.port is not None else settings.port,
+        workers=args.workers or settings.workers,
+    )
+    # Workers are separate processes that read the environment, so flags travel through it.
+    os.environ.update(
+        {"HOST": settings.host, "PORT": str(settings.port), "WORKERS": str(settings.workers)}
+    )
+    # uvicorn.run exits with status 3 when start-up fails (PostgreSQL unreachable within
+    # STARTUP_TIMEOUT, an edited migration), after our lifespan logged the reason.
+    uvicorn.run(
+        "service.app:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout),
+    )
+    return 0
+
+
+async def migrate(settings: Settings, *, status_only: bool) -> int:
+    import psycopg
+
+    from service import migrations
+    from service.db import connection_kwargs, wait_for_database
+
+    try:
+        await wait_for_database(settings)
+        async with await psycopg.AsyncConnection.connect(
+            settings.database_url, **connection_kwargs(settings)
+        ) as conn:
+            if status_only:
+                rows = await migrations.status(conn)
+                for row in rows:
+                    when = f"  {row.applied_at:%Y-%m-%d %H:%M:%S%z}" if row.applied_at else ""
+                    print(f"{row.version:<32} {row.state}{when}")
+                return 1 if any(r.state == "changed" for r in rows) else 0
+            applied = await migrations.migrate(conn)
+    except (migrations.MigrationError, RuntimeError, psycopg.Error) as exc:
+        print(f"logikids-sync: migrate failed: {exc}", file=sys.stderr)
+        return 1
+    print("Applied: " + ", ".join(applied) if applied else "Nothing to apply: up to date.")
+    return 0

@@ -1,0 +1,120 @@
+"""Settings from environment variables, validated once at start-up (DESIGN §4)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything the service reads from its environment; tests build their own."""
+
+    database_url: str
+    host: str = "127.0.0.1"
+    port: int = 5175
+    workers: int = 1
+    pool_min: int = 1
+    pool_max: int = 10
+    pool_timeout: float = 5.0
+    startup_timeout: float = 30.0
+    shutdown_timeout: float = 25.0
+    retry_after: int = 5
+    rate_limit_per_hour: int = 100
+    cors_origins: tuple[str, ...] = ("*",)
+    inactive_days: int = 730
+    log_format: str = "text"
+    log_level: str = "INFO"
+    migrate_on_start: bool = True
+    application_name: str = "logikids-sync"
+
+    def with_changes(self, **changes: object) -> Settings:
+        """A copy with some values replaced (handy for tests and CLI flags)."""
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate every variable; raise ConfigError naming the bad one."""
+        env = os.environ if environ is None else environ
+        database_url = env.get("DATABASE_URL", "").strip()
+        if not database_url:
+            raise ConfigError(
+                "DATABASE_URL is not set: give the libpq URL of the database "
+                "(`make dev` starts a local PostgreSQL and sets it for you)"
+            )
+        pool_min = _int(env, "DB_POOL_MIN", 1, minimum=0)
+        pool_max = _int(env, "DB_POOL_MAX", 10, minimum=1)
+        if pool_min > pool_max:
+            raise ConfigError(f"DB_POOL_MIN ({pool_min}) must not exceed DB_POOL_MAX ({pool_max})")
+        log_format = env.get("LOG_FORMAT", "text").strip().lower()
+        if log_format not in ("text", "json"):
+            raise ConfigError(f"LOG_FORMAT must be 'text' or 'json', not {log_format!r}")
+        log_level = env.get("LOG_LEVEL", "INFO").strip().upper()
+        if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, not {log_level!r}")
+        origins = tuple(o.strip() for o in env.get("CORS_ORIGINS", "*").split(",") if o.strip())
+        return cls(
+            database_url=database_url,
+            host=env.get("HOST", "127.0.0.1").strip() or "127.0.0.1",
+            port=_int(env, "PORT", 5175, minimum=0, maximum=65535),
+            workers=_int(env, "WORKERS", 1, minimum=1),
+            pool_min=pool_min,
+            pool_max=pool_max,
+            pool_timeout=_float(env, "DB_POOL_TIMEOUT", 5.0),
+            startup_timeout=_float(env, "STARTUP_TIMEOUT", 30.0),
+            shutdown_timeout=_float(env, "SHUTDOWN_TIMEOUT", 25.0),
+            retry_after=_int(env, "RETRY_AFTER", 5, minimum=1),
+            rate_limit_per_hour=_int(env, "RATE_LIMIT_PER_HOUR", 100, minimum=0),
+            cors_origins=origins or ("*",),
+            inactive_days=_int(env, "INACTIVE_DAYS", 730, minimum=1),
+            log_format=log_format,
+            log_level=log_level,
+            migrate_on_start=_bool(env, "MIGRATE_ON_START", True),
+            application_name=env.get("DB_APPLICATION_NAME", "logikids-sync").strip()
+            or "logikids-sync",
+        )
+
+
+def _int(
+    env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int | None = None
+) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, not {raw!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        upper = f" and at most {maximum}" if maximum is not None else ""
+        raise ConfigError(f"{name} must be at least {minimum}{upper}, not {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, not {raw!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"{name} must be a positive number of seconds, not {raw!r}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, not {raw!r}")

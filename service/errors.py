@@ -1,0 +1,90 @@
+"""Failures a client can be told about: each knows its HTTP status and its message.
+
+Handlers raise these; `service.app` turns them into the contract's JSON bodies, so no
+handler builds an error response inline and no driver message ever reaches a client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One broken rule, reported as `{"field": ..., "message": ...}`."""
+
+    field: str
+    message: str
+
+
+class ServiceError(Exception):
+    """Base class: `status` and `message` become the response."""
+
+    status: int = 500
+    message: str = "Internal server error"
+
+    def body(self) -> dict[str, object]:
+        return {"error": self.message}
+
+    def headers(self) -> Mapping[str, str]:
+        return {}
+
+
+class ValidationFailed(ServiceError):
+    """The request breaks a rule of DESIGN §2; `details` lists each broken rule."""
+
+    status = 400
+    message = "Validation error"
+
+    def __init__(self, details: list[FieldError]) -> None:
+        super().__init__(self.message)
+        self.details = details
+
+    def body(self) -> dict[str, object]:
+        return {
+            "error": self.message,
+            "details": [{"field": d.field, "message": d.message} for d in self.details],
+        }
+
+
+class RecordNotFound(ServiceError):
+    """GET for a user id that has no record."""
+
+    status = 404
+    message = "User not found"
+
+
+class RouteNotFound(ServiceError):
+    """A path the service does not serve."""
+
+    status = 404
+    message = "Not found"
+
+
+class PayloadTooLarge(ServiceError):
+    """The decoded blob or the request body is over the limit."""
+
+    status = 413
+    message = "Payload too large (max 1MB)"
+
+
+class UnsupportedMediaType(ServiceError):
+    """PUT bodies must be JSON."""
+
+    status = 415
+    message = "Content-Type must be application/json"
+
+
+class ServiceUnavailable(ServiceError):
+    """PostgreSQL is unreachable or every pooled connection is busy: retry later."""
+
+    status = 503
+    message = "Service unavailable"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(self.message)
+        self.retry_after = retry_after
+
+    def headers(self) -> Mapping[str, str]:
+        return {"Retry-After": str(self.retry_after)}

@@ -1,0 +1,135 @@
+"""Apply migrations/NNN_name.sql in order, each once, each in its own transaction.
+
+Each applied file is recorded with its SHA-256 in `schema_migrations`; a recorded file
+that was edited afterwards stops the runner, because the database no longer matches
+what the file says. A session advisory lock serialises runners, so replicas that start
+together apply every migration exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import psycopg
+
+from service import MIGRATIONS_DIR
+from service.db import queries
+
+logger = logging.getLogger(__name__)
+
+LOCK_KEY = 0x6C6F_6769_6B69_6473 >> 1
+"""Advisory lock id ("logikids" in ASCII, halved to fit a signed BIGINT)."""
+
+_FILE_NAME = re.compile(r"(\d{3})_[a-z0-9_]+\.sql")
+
+
+class MigrationError(RuntimeError):
+    """The migrations on disk and in the database disagree; the message says how."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One file of migrations/."""
+
+    version: str
+    path: Path
+    sha256: str
+
+    @property
+    def sql(self) -> str:
+        return self.path.read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class MigrationStatus:
+    """A file (or a recorded version without a file) and where it stands."""
+
+    version: str
+    state: str  # "applied", "pending", "changed" or "missing-file"
+    applied_at: datetime | None = None
+
+
+def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """The migration files, ordered by number; a misnamed .sql file is an error."""
+    found: list[Migration] = []
+    numbers: set[str] = set()
+    for path in sorted(directory.glob("*.sql")):
+        match = _FILE_NAME.fullmatch(path.name)
+        if match is None:
+            raise MigrationError(f"{path.name}: migration files are named NNN_name.sql")
+        if match.group(1) in numbers:
+            raise MigrationError(f"{path.name}: two migrations share the number {match.group(1)}")
+        numbers.add(match.group(1))
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        found.append(Migration(version=path.stem, path=path, sha256=digest))
+    return found
+
+
+async def status(
+    conn: psycopg.AsyncConnection, directory: Path = MIGRATIONS_DIR
+) -> list[MigrationStatus]:
+    """Where each migration stands, without changing the database."""
+    applied: dict[str, tuple[str, datetime]] = {}
+    if await queries.migrations_table_exists(conn):
+        async for version, sha256, applied_at in queries.applied_migrations(conn):
+            applied[version] = (sha256.strip(), applied_at)
+    result: list[MigrationStatus] = []
+    on_disk = discover(directory)
+    for migration in on_disk:
+        if migration.version not in applied:
+            result.append(MigrationStatus(migration.version, "pending"))
+            continue
+        sha256, applied_at = applied[migration.version]
+        state = "applied" if sha256 == migration.sha256 else "changed"
+        result.append(MigrationStatus(migration.version, state, applied_at))
+    known = {m.version for m in on_disk}
+    for version, (_, applied_at) in sorted(applied.items()):
+        if version not in known:
+            result.append(MigrationStatus(version, "missing-file", applied_at))
+    return result
+
+
+async def migrate(conn: psycopg.AsyncConnection, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Apply every pending migration; return the versions applied by this call.
+
+    `conn` must be in autocommit mode: the advisory lock is held for the session while
+    each migration runs in a transaction of its own.
+    """
+    migrations = discover(directory)
+    await queries.lock_migrations(conn, lock_key=LOCK_KEY)
+    try:
+        await queries.create_migrations_table(conn)
+        applied = {
+            version: sha256.strip() async for version, sha256, _ in queries.applied_migrations(conn)
+        }
+        _refuse_changed(migrations, applied)
+        done: list[str] = []
+        for migration in migrations:
+            if migration.version in applied:
+                continue
+            logger.info("Applying migration %s", migration.version)
+            async with conn.transaction():
+                await conn.execute(migration.sql.encode("utf-8"))
+                await queries.record_migration(
+                    conn, version=migration.version, sha256=migration.sha256
+                )
+            done.append(migration.version)
+        return done
+    finally:
+        await queries.unlock_migrations(conn, lock_key=LOCK_KEY)
+
+
+def _refuse_changed(migrations: list[Migration], applied: dict[str, str]) -> None:
+    for migration in migrations:
+        recorded = applied.get(migration.version)
+        if recorded is not None and recorded != migration.sha256:
+            raise MigrationError(
+                f"migration {migration.path.name} was edited after it was applied "
+                f"(applied sha256 {recorded[:12]}…, file now {migration.sha256[:12]}…); "
+                "restore the file and put the change in a new migration"
+            )
