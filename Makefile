@@ -1,0 +1,51 @@
+# logikids-sync: `make dev` runs the service on a local PostgreSQL, `make test` runs the suite.
+# Both set up the virtualenv themselves; nothing else needs installing by hand but PostgreSQL.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The dev cluster lives here (git-ignored); `make dev-db-stop` stops it.
+PGDATA_DEV ?= .local/postgres
+PYTEST_ARGS ?=
+# The database: $DATABASE_URL when set, else the local dev cluster (started on demand).
+DB_URL = $${DATABASE_URL:-$$($(PY) -m service.localpg start $(PGDATA_DEV))}
+
+.PHONY: venv dev serve migrate migrate-status psql test lint bench dev-db-stop clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+## make dev: set up, start the local PostgreSQL (unless DATABASE_URL is set), migrate, serve on :5175
+dev: venv
+	@set -e; url="$(DB_URL)"; \
+	DATABASE_URL="$$url" $(PY) -m service migrate; \
+	echo "Serving on http://$${HOST:-127.0.0.1}:$${PORT:-5175} (database $$url)"; \
+	DATABASE_URL="$$url" exec $(PY) -m service serve
+
+migrate: venv
+	@url="$(DB_URL)"; DATABASE_URL="$$url" $(PY) -m service migrate
+
+migrate-status: venv
+	@url="$(DB_URL)"; DATABASE_URL="$$url" $(PY) -m service migrate --status
+
+psql: venv
+	@url="$(DB_URL)"; exec psql "$$url"
+
+dev-db-stop: venv
+	$(PY) -m service.localpg stop $(PGDATA_DEV)
+
+## make test: set up and run the whole suite on a throwaway PostgreSQL (or $TEST_DATABASE_URL)
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check service tests
+	$(VENV)/bin/ruff format --check service tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
