@@ -15,12 +15,15 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from service import migrations, sync
 from service.access_log import AccessLogMiddleware
 from service.config import Settings
 from service.db import connection_kwargs, create_pool, queries, wait_for_database
 from service.errors import ServiceError, ServiceUnavailable, ValidationFailed
+from service.periodic import running_every
+from service.ratelimit import RateLimiter
 from service.responses import ORJSONResponse
 
 logger = logging.getLogger(__name__)
@@ -56,13 +59,21 @@ def create_app(settings: Settings) -> Starlette:
         Route("/health/live", health_live, methods=["GET"], name="health_live"),
     ]
     middleware = [
+        # Behind a trusted proxy the client address comes from X-Forwarded-For, as uvicorn
+        # does it; applied here so it holds under any server (and in tests).
+        Middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips),
         Middleware(AccessLogMiddleware),
         Middleware(
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "PUT", "POST", "DELETE"],
             allow_headers=["Content-Type"],
-            expose_headers=["Retry-After"],
+            expose_headers=[
+                "Retry-After",
+                "RateLimit-Limit",
+                "RateLimit-Remaining",
+                "RateLimit-Reset",
+            ],
             max_age=600,
         ),
     ]
@@ -96,7 +107,8 @@ async def health_live(request: Request) -> Response:
 
 def service_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
-    return ORJSONResponse(exc.body(), status_code=exc.status, headers=dict(exc.headers()))
+    headers = {**sync.quota_headers(request), **exc.headers()}
+    return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
 def http_error(request: Request, exc: Exception) -> Response:
@@ -133,11 +145,26 @@ def _lifespan(settings: Settings):
                 applied = await migrations.migrate(conn)
             if applied:
                 logger.info("Applied migrations: %s", ", ".join(applied))
+        limiter = RateLimiter(
+            per_user=settings.rate_limit_per_hour,
+            per_ip=settings.rate_limit_per_ip_hour,
+            window_seconds=settings.rate_limit_window,
+        )
         pool = create_pool(settings)
         await pool.open(wait=True, timeout=settings.startup_timeout)
         logger.info("Database pool open (min %d, max %d)", settings.pool_min, settings.pool_max)
+
+        async def purge_counters() -> None:
+            async with pool.connection() as conn:
+                await queries.purge_rate_limit_windows(
+                    conn, window_seconds=settings.rate_limit_window
+                )
+
         try:
-            yield {"pool": pool}
+            async with running_every(
+                min(settings.rate_limit_window, 600), purge_counters, name="purge-rate-limits"
+            ):
+                yield {"pool": pool, "limiter": limiter}
         finally:
             await pool.close()
             logger.info("Database pool closed")

@@ -74,6 +74,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         workers=settings.workers,
         lifespan="on",
         access_log=False,
+        proxy_headers=False,  # the app applies FORWARDED_ALLOW_IPS itself
         log_config=None,
         server_header=False,
         timeout_graceful_shutdown=int(settings.shutdown_timeout),

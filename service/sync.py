@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import psycopg
 from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,7 +27,7 @@ class SyncRecord(HTTPEndpoint):
         user_id = parse_user_id(request.path_params["user_id"])
         _require_json(request)
         payload = validate_payload(parse_json_body(await read_body(request, MAX_BODY_BYTES)))
-        async with request.state.pool.connection() as conn:
+        async with admitted(request, user_id) as conn:
             await queries.store_record(
                 conn,
                 user_id=user_id,
@@ -32,26 +37,27 @@ class SyncRecord(HTTPEndpoint):
                 checksum=payload.checksum,
                 blob_size=payload.blob_size,
             )
-        return ORJSONResponse(SUCCESS)
+        return respond(request, SUCCESS)
 
     async def get(self, request: Request) -> Response:
         """GET /api/sync/{userId}: the record, exactly the four client fields."""
         user_id = parse_user_id(request.path_params["user_id"])
-        async with request.state.pool.connection() as conn:
+        async with admitted(request, user_id) as conn:
             row = await queries.fetch_record(conn, user_id=user_id)
         if row is None:
             raise RecordNotFound()
         blob, iv, timestamp, checksum = row
-        return ORJSONResponse(
-            {"encryptedBlob": blob, "iv": iv, "timestamp": timestamp, "checksum": checksum}
+        return respond(
+            request,
+            {"encryptedBlob": blob, "iv": iv, "timestamp": timestamp, "checksum": checksum},
         )
 
     async def delete(self, request: Request) -> Response:
         """DELETE /api/sync/{userId}: erase the record, whether or not it existed."""
         user_id = parse_user_id(request.path_params["user_id"])
-        async with request.state.pool.connection() as conn:
+        async with admitted(request, user_id) as conn:
             await queries.erase_record(conn, user_id=user_id)
-        return ORJSONResponse(SUCCESS)
+        return respond(request, SUCCESS)
 
 
 class SyncVerify(HTTPEndpoint):
@@ -60,9 +66,34 @@ class SyncVerify(HTTPEndpoint):
     async def post(self, request: Request) -> Response:
         """POST /api/sync/{userId}/verify: whether a record exists (device pairing)."""
         user_id = parse_user_id(request.path_params["user_id"])
-        async with request.state.pool.connection() as conn:
+        async with admitted(request, user_id) as conn:
             exists = await queries.record_exists(conn, user_id=user_id)
-        return ORJSONResponse({"exists": bool(exists)})
+        return respond(request, {"exists": bool(exists)})
+
+
+@asynccontextmanager
+async def admitted(request: Request, user_id: uuid.UUID) -> AsyncIterator[psycopg.AsyncConnection]:
+    """A pooled connection for this request, once the rate limiter has counted it.
+
+    The count runs on the same connection as the request's statement, so limiting costs
+    one statement and no extra pool checkout; its quota is kept for the response headers.
+    """
+    async with request.state.pool.connection() as conn:
+        client = request.client.host if request.client else None
+        request.state.quota = await request.state.limiter.admit(
+            conn, user_id=user_id, client_ip=client
+        )
+        yield conn
+
+
+def respond(request: Request, content: object) -> Response:
+    """A 200 JSON response carrying the request's RateLimit headers."""
+    return ORJSONResponse(content, headers=quota_headers(request))
+
+
+def quota_headers(request: Request) -> dict[str, str]:
+    quota = getattr(request.state, "quota", None)
+    return quota.headers() if quota is not None else {}
 
 
 def _require_json(request: Request) -> None:

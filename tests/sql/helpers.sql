@@ -33,3 +33,10 @@ SELECT version, sha256 FROM schema_migrations ORDER BY version;
 
 -- name: table_exists(name)$
 SELECT to_regclass(:name) IS NOT NULL;
+
+-- name: rate_limit_rows()
+SELECT bucket, hits, window_start FROM rate_limit_hits ORDER BY bucket;
+
+-- name: shift_rate_limit_windows(seconds)!
+-- Move every counted window into the past, as if `seconds` had gone by.
+UPDATE rate_limit_hits SET window_start = window_start - make_interval(secs => :seconds);

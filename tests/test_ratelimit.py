@@ -1,0 +1,248 @@
+"""Rate limits counted in PostgreSQL: exact, shared across processes, and race-free."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx2
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+from starlette.testclient import TestClient
+
+from service.app import create_app
+from service.localpg import free_port
+from tests.conftest import new_user_id, test_queries
+from tests.test_smoke import PAYLOAD
+
+LIMIT_MESSAGE = {"error": "Too many sync requests. Please try again later."}
+
+
+@pytest.fixture
+def limited(settings):
+    """A client whose users may make 5 requests per window."""
+    with TestClient(
+        create_app(settings.with_changes(rate_limit_per_hour=5)), raise_server_exceptions=False
+    ) as client:
+        yield client
+
+
+def _requests(client, user_id):
+    """One of each endpoint, round and round: the limit counts them all together."""
+    calls = [
+        lambda: client.put(f"/api/sync/{user_id}", json=PAYLOAD),
+        lambda: client.get(f"/api/sync/{user_id}"),
+        lambda: client.post(f"/api/sync/{user_id}/verify"),
+        lambda: client.delete(f"/api/sync/{user_id}"),
+    ]
+    i = 0
+    while True:
+        yield calls[i % len(calls)]()
+        i += 1
+
+
+def test_exactly_the_limit_is_admitted_then_429_with_headers(limited):
+    user_id = new_user_id()
+    responses = _requests(limited, user_id)
+    for expected_remaining in (4, 3, 2, 1, 0):
+        response = next(responses)
+        assert response.status_code == 200
+        assert response.headers["RateLimit-Limit"] == "5"
+        assert response.headers["RateLimit-Remaining"] == str(expected_remaining)
+        assert 0 < int(response.headers["RateLimit-Reset"]) <= 3600
+    refused = next(responses)
+    assert refused.status_code == 429
+    assert refused.json() == LIMIT_MESSAGE
+    assert refused.headers["RateLimit-Remaining"] == "0"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 3600
+    assert (
+        refused.headers["Retry-After"] == refused.headers["RateLimit-Reset"]
+        or int(refused.headers["RateLimit-Reset"]) == 0
+    )
+
+
+def test_a_404_still_carries_the_ratelimit_headers(limited):
+    response = limited.get(f"/api/sync/{new_user_id()}")
+    assert response.status_code == 404
+    assert response.headers["RateLimit-Remaining"] == "4"
+
+
+def test_other_users_are_not_affected_by_one_users_limit(limited):
+    greedy = new_user_id()
+    for _ in range(6):
+        limited.post(f"/api/sync/{greedy}/verify")
+    assert limited.post(f"/api/sync/{greedy}/verify").status_code == 429
+    assert limited.post(f"/api/sync/{new_user_id()}/verify").status_code == 200
+
+
+def test_a_refused_put_stores_nothing(limited, db):
+    user_id = new_user_id()
+    for _ in range(5):
+        limited.post(f"/api/sync/{user_id}/verify")
+    assert limited.put(f"/api/sync/{user_id}", json=PAYLOAD).status_code == 429
+    assert test_queries.raw_record(db, user_id=user_id) is None
+
+
+def test_the_window_resets(limited, db):
+    user_id = new_user_id()
+    for _ in range(5):
+        assert limited.post(f"/api/sync/{user_id}/verify").status_code == 200
+    assert limited.post(f"/api/sync/{user_id}/verify").status_code == 429
+    test_queries.shift_rate_limit_windows(db, seconds=3600)
+    response = limited.post(f"/api/sync/{user_id}/verify")
+    assert response.status_code == 200
+    assert response.headers["RateLimit-Remaining"] == "4"
+
+
+def test_invalid_user_ids_are_refused_before_they_cost_a_count(limited, db):
+    for _ in range(10):
+        assert limited.get("/api/sync/not-a-uuid").status_code == 400
+    assert list(test_queries.rate_limit_rows(db)) == []
+
+
+def test_zero_turns_the_limit_off(settings):
+    with TestClient(create_app(settings.with_changes(rate_limit_per_hour=0))) as client:
+        user_id = new_user_id()
+        for _ in range(150):
+            response = client.post(f"/api/sync/{user_id}/verify")
+            assert response.status_code == 200
+            assert "RateLimit-Limit" not in response.headers
+
+
+def test_the_ip_limit_catches_clients_that_rotate_user_ids(settings):
+    app = create_app(settings.with_changes(rate_limit_per_hour=100, rate_limit_per_ip_hour=3))
+    with TestClient(app) as client:
+        statuses = [client.post(f"/api/sync/{new_user_id()}/verify").status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+
+
+def test_x_forwarded_for_counts_only_behind_a_trusted_proxy(settings):
+    def statuses(trusted: str) -> list[int]:
+        app = create_app(
+            settings.with_changes(
+                rate_limit_per_ip_hour=2, rate_limit_per_hour=0, forwarded_allow_ips=trusted
+            )
+        )
+        with TestClient(app) as client:
+            return [
+                client.post(
+                    f"/api/sync/{new_user_id()}/verify",
+                    headers={"X-Forwarded-For": f"203.0.113.{i}"},
+                ).status_code
+                for i in range(4)
+            ]
+
+    # TestClient's peer is "testclient": trusted, each forwarded address has its own count.
+    assert statuses("*") == [200, 200, 200, 200]
+    # Untrusted: the header is ignored and every request counts against the peer.
+    assert statuses("127.0.0.1") == [200, 200, 429, 429]
+
+
+def test_postgresql_unreachable_gives_503_not_500(settings, pg_server, database_url):
+    app = create_app(settings.with_changes(rate_limit_per_hour=5))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        pg_server.dropdb(conninfo_to_dict(database_url)["dbname"])
+        response = client.post(f"/api/sync/{new_user_id()}/verify")
+    assert response.status_code == 503
+    assert response.json() == {"error": "Service unavailable"}
+    assert "Retry-After" in response.headers
+
+
+# --- several service processes on one database -------------------------------------
+
+
+@contextlib.contextmanager
+def service_process(database_url: str, **env: str) -> Iterator[str]:
+    """`logikids-sync serve` as a real process; yields its base URL, kills it after."""
+    port = free_port()
+    environ = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "PORT": str(port),
+        "LOG_LEVEL": "WARNING",
+        "STARTUP_TIMEOUT": "20",
+        **env,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve"],
+        env=environ,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"service exited: {proc.stderr.read().decode()}")
+            with contextlib.suppress(httpx2.HTTPError):
+                if httpx2.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "service did not become ready"
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_two_service_processes_share_one_count(database_url):
+    user_id = new_user_id()
+    with (
+        service_process(database_url, RATE_LIMIT_PER_HOUR="10") as a,
+        service_process(database_url, RATE_LIMIT_PER_HOUR="10") as b,
+    ):
+        statuses = [
+            httpx2.post(f"{base}/api/sync/{user_id}/verify").status_code for base in [a, b] * 8
+        ]
+    assert statuses.count(200) == 10
+    assert statuses[10:] == [429] * 6
+
+
+@pytest.mark.slow
+def test_200_concurrent_requests_from_two_processes_admit_exactly_the_limit(database_url):
+    user_id = new_user_id()
+
+    async def burst(bases: list[str]) -> list[int]:
+        limits = httpx2.Limits(max_connections=200)
+        async with httpx2.AsyncClient(timeout=30, limits=limits) as client:
+            calls = [
+                client.post(f"{bases[i % len(bases)]}/api/sync/{user_id}/verify")
+                for i in range(200)
+            ]
+            return [r.status_code for r in await asyncio.gather(*calls)]
+
+    env = {"RATE_LIMIT_PER_HOUR": "100", "DB_POOL_MAX": "10"}
+    with service_process(database_url, **env) as a, service_process(database_url, **env) as b:
+        statuses = asyncio.run(burst([a, b]))
+    assert statuses.count(200) == 100
+    assert statuses.count(429) == 100
+
+
+def test_ended_windows_are_purged_and_the_current_one_kept(limited, db, database_url):
+    from service.db import queries
+
+    old, current = new_user_id(), new_user_id()
+    limited.post(f"/api/sync/{old}/verify")
+    test_queries.shift_rate_limit_windows(db, seconds=3 * 3600)
+    limited.post(f"/api/sync/{current}/verify")
+
+    async def purge() -> None:
+        import psycopg
+
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+            await queries.purge_rate_limit_windows(conn, window_seconds=3600)
+
+    asyncio.run(purge())
+    assert [row[0] for row in test_queries.rate_limit_rows(db)] == [f"user:{current}"]
