@@ -44,8 +44,12 @@ test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff check service tests
-	$(VENV)/bin/ruff format --check service tests
+	$(VENV)/bin/ruff check service tests bench
+	$(VENV)/bin/ruff format --check service tests bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+
+## make bench: latency and throughput, variants measured side by side (see bench/bench.py)
+bench: venv
+	$(PY) bench/bench.py $(BENCH_ARGS)
