@@ -1,0 +1,410 @@
+"""Static checks of the container files: docker-compose.yml, Dockerfile and .dockerignore.
+
+No Docker engine is needed: the files are parsed and checked against the service's own
+configuration (service/config.py) so the two cannot drift apart. When a `docker compose`
+client is installed, the compose file is also validated by it (`config -q` needs no engine).
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import functools
+import json
+import posixpath
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+CONFIG_SOURCE = ROOT / "service" / "config.py"
+
+PASSWORD_EXPR = "${POSTGRES_PASSWORD:-development}"
+PGDATA = "/var/lib/postgresql/data"
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+@functools.cache
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    assert isinstance(data, dict), "docker-compose.yml is not a mapping"
+    return data
+
+
+def service(name: str) -> dict[str, Any]:
+    services = compose().get("services") or {}
+    assert name in services, f"no service {name!r} in docker-compose.yml"
+    return services[name]
+
+
+def environment(svc: dict[str, Any]) -> dict[str, str]:
+    """A service's environment as a dict, whichever of the two compose forms it uses."""
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        pairs = (item.split("=", 1) if "=" in item else (item, "") for item in env)
+        return {key: value for key, value in pairs}
+    return {key: "" if value is None else str(value) for key, value in env.items()}
+
+
+def healthcheck_command(svc: dict[str, Any]) -> list[str]:
+    test = (svc.get("healthcheck") or {}).get("test")
+    assert test, "service has no healthcheck"
+    if isinstance(test, str):
+        return ["CMD-SHELL", test]
+    return [str(part) for part in test]
+
+
+def python_c_argument(argv: list[str]) -> str:
+    """The code of a `python -c CODE` command line."""
+    assert "-c" in argv, f"not a `python -c` command: {argv}"
+    assert any("python" in word for word in argv[: argv.index("-c")]), argv
+    return argv[argv.index("-c") + 1]
+
+
+def volume_mounts(svc: dict[str, Any]) -> list[tuple[str, str]]:
+    """(source, target) of each volume, short ("src:dst[:mode]") or long syntax."""
+    mounts = []
+    for volume in svc.get("volumes") or []:
+        if isinstance(volume, dict):
+            mounts.append((str(volume.get("source", "")), str(volume["target"])))
+        else:
+            parts = str(volume).split(":")
+            mounts.append((parts[0], parts[1]) if len(parts) > 1 else ("", parts[0]))
+    return mounts
+
+
+@functools.cache
+def dockerfile() -> list[tuple[str, str]]:
+    """The Dockerfile's instructions as (KEYWORD, arguments), continuations joined."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if pending and line.startswith("#"):  # comment lines inside a continuation
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        keyword, _, args = line.partition(" ")
+        instructions.append((keyword.upper(), args.strip()))
+    assert not pending, "Dockerfile ends inside a line continuation"
+    return instructions
+
+
+def instructions(keyword: str) -> list[str]:
+    return [args for kw, args in dockerfile() if kw == keyword]
+
+
+def exec_form(args: str) -> list[str]:
+    """A JSON-array (exec form) argument list; fails on the shell form."""
+    assert args.startswith("["), f"not exec form (JSON array): {args}"
+    value = json.loads(args)
+    assert isinstance(value, list) and all(isinstance(v, str) for v in value), args
+    return value
+
+
+def split_options(args: str) -> tuple[dict[str, str], list[str]]:
+    """`--opt=value ... rest` → ({opt: value}, rest words)."""
+    options: dict[str, str] = {}
+    words = shlex.split(args)
+    while words and words[0].startswith("--"):
+        key, _, value = words.pop(0)[2:].partition("=")
+        options[key] = value
+    return options, words
+
+
+def copied_directories() -> dict[str, str]:
+    """For each project directory a COPY takes from the build context: where it lands."""
+    workdir = "/"
+    landed: dict[str, str] = {}
+    for keyword, args in dockerfile():
+        if keyword == "WORKDIR":
+            workdir = posixpath.join(workdir, args)
+        if keyword not in ("COPY", "ADD"):
+            continue
+        options, words = split_options(args)
+        if "from" in options or args.startswith("["):
+            continue
+        *sources, dest = words
+        dest = posixpath.normpath(posixpath.join(workdir, dest))
+        for source in sources:
+            name = source.strip("/").removeprefix("./")
+            if name in ("", "."):  # `COPY . /app`: the whole context
+                for child in ROOT.iterdir():
+                    if child.is_dir():
+                        landed[child.name] = posixpath.join(dest, child.name)
+            elif (ROOT / name).is_dir():
+                # Docker copies a directory's contents, so the destination names the directory.
+                landed[name] = dest
+    return landed
+
+
+@functools.cache
+def config_env_names() -> frozenset[str]:
+    """Every environment variable service/config.py reads: env.get("X"), _int(env, "X")..."""
+    tree = ast.parse(CONFIG_SOURCE.read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func, args = node.func, node.args
+        candidate = None
+        if (
+            isinstance(func, ast.Attribute)
+            and func.attr == "get"
+            and isinstance(func.value, ast.Name)
+            and func.value.id == "env"
+            and args
+        ):
+            candidate = args[0]
+        elif len(args) >= 2 and isinstance(args[0], ast.Name) and args[0].id == "env":
+            candidate = args[1]
+        if isinstance(candidate, ast.Constant) and isinstance(candidate.value, str):
+            names.add(candidate.value)
+    return frozenset(names)
+
+
+# --- docker-compose.yml: postgres ---------------------------------------------------------
+
+
+def test_postgres_image_is_16_alpine() -> None:
+    assert service("postgres")["image"] == "postgres:16-alpine"
+
+
+def test_postgres_database_user_and_password_from_environment() -> None:
+    env = environment(service("postgres"))
+    assert env["POSTGRES_DB"] == "logikids"
+    assert env["POSTGRES_USER"] == "logikids"
+    assert env["POSTGRES_PASSWORD"] == PASSWORD_EXPR
+
+
+def test_postgres_data_lives_in_a_declared_named_volume() -> None:
+    volumes = compose().get("volumes") or {}
+    assert "postgres-data" in volumes
+    assert ("postgres-data", PGDATA) in volume_mounts(service("postgres"))
+
+
+def test_postgres_has_no_initdb_mount() -> None:
+    """The service migrates itself; an initdb mount would run only on a fresh volume."""
+    for svc_name, svc in compose()["services"].items():
+        for source, target in volume_mounts(svc):
+            assert "docker-entrypoint-initdb.d" not in target, (svc_name, source, target)
+
+
+def test_postgres_healthcheck_is_pg_isready() -> None:
+    svc = service("postgres")
+    test = healthcheck_command(svc)
+    assert test[0] in ("CMD-SHELL", "CMD")
+    command = test[1] if test[0] == "CMD-SHELL" else shlex.join(test[1:])
+    assert shlex.split(command) == ["pg_isready", "-U", "logikids", "-d", "logikids"]
+    check = svc["healthcheck"]
+    assert (check["interval"], check["timeout"], check["retries"]) == ("10s", "5s", 5)
+
+
+def test_postgres_port_if_published_is_loopback_only() -> None:
+    for port in service("postgres").get("ports") or []:
+        host_ip = port.get("host_ip", "") if isinstance(port, dict) else str(port).split(":")[0]
+        assert host_ip == "127.0.0.1", f"PostgreSQL published beyond loopback: {port}"
+
+
+# --- docker-compose.yml: backend ----------------------------------------------------------
+
+
+def test_backend_builds_from_the_dockerfile() -> None:
+    build = service("backend")["build"]
+    if isinstance(build, str):
+        context, name = build, "Dockerfile"
+    else:
+        context, name = build.get("context", "."), build.get("dockerfile", "Dockerfile")
+    assert (ROOT / context / name).resolve() == DOCKERFILE
+
+
+def test_backend_publishes_5175() -> None:
+    ports = [str(p) for p in service("backend")["ports"]]
+    assert any(p == "5175:5175" or p.endswith(":5175:5175") for p in ports), ports
+
+
+def test_backend_database_url_points_at_the_postgres_service() -> None:
+    url = environment(service("backend"))["DATABASE_URL"]
+    assert url == f"postgresql://logikids:{PASSWORD_EXPR}@postgres:5432/logikids"
+    # Same user, database and password expression as the postgres service itself.
+    pg = environment(service("postgres"))
+    assert f"//{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@" in url
+    assert url.endswith(f"/{pg['POSTGRES_DB']}")
+
+
+def test_backend_environment() -> None:
+    env = environment(service("backend"))
+    assert env["HOST"] == "0.0.0.0"
+    assert env["PORT"] == "5175"
+    assert env["CORS_ORIGINS"] == "${CORS_ORIGINS:-*}"
+    assert env["LOG_FORMAT"] == "json"
+    assert env["STARTUP_TIMEOUT"] == "60"
+
+
+def test_backend_waits_for_healthy_postgres() -> None:
+    depends = service("backend")["depends_on"]
+    assert isinstance(depends, dict), "depends_on must use the long form to carry a condition"
+    assert depends["postgres"]["condition"] == "service_healthy"
+
+
+def test_backend_healthcheck_calls_health() -> None:
+    argv = healthcheck_command(service("backend"))
+    assert argv[0] == "CMD"
+    code = python_c_argument(argv[1:])
+    assert "urllib" in code
+    assert "127.0.0.1" in code and "/health" in code and "5175" in code
+
+
+def test_backend_restart_and_graceful_stop() -> None:
+    backend = service("backend")
+    assert backend["restart"] == "unless-stopped"
+    assert backend["stop_grace_period"] == "30s"
+
+
+def test_backend_environment_variables_are_ones_the_service_reads() -> None:
+    known = config_env_names()
+    # The extraction itself must work, or this test would pass vacuously.
+    assert {"DATABASE_URL", "HOST", "PORT", "CORS_ORIGINS", "LOG_FORMAT"} <= known
+    unknown = set(environment(service("backend"))) - known
+    assert not unknown, f"backend sets variables service/config.py never reads: {unknown}"
+
+
+def test_services_share_the_declared_network() -> None:
+    networks = compose().get("networks") or {}
+    assert "logikids-network" in networks
+    for name in ("postgres", "backend"):
+        assert "logikids-network" in (service(name).get("networks") or [])
+
+
+def test_declared_volumes_and_networks_are_used() -> None:
+    used_volumes = {src for s in compose()["services"].values() for src, _ in volume_mounts(s)}
+    assert set(compose().get("volumes") or {}) <= used_volumes
+    for name in compose().get("networks") or {}:
+        assert any(name in (s.get("networks") or []) for s in compose()["services"].values())
+
+
+# --- Dockerfile ---------------------------------------------------------------------------
+
+
+def test_dockerfile_exists_with_slim_base() -> None:
+    assert DOCKERFILE.is_file()
+    assert instructions("FROM")[0].split()[0] == "python:3.11-slim"
+
+
+def test_dockerfile_cmd_runs_serve() -> None:
+    (cmd,) = instructions("CMD")
+    assert exec_form(cmd) == ["logikids-sync", "serve"]
+
+
+def test_dockerfile_exposes_5175_and_listens_on_all_interfaces() -> None:
+    assert "5175" in " ".join(instructions("EXPOSE")).replace("/tcp", "").split()
+    env_words = " ".join(instructions("ENV")).split()
+    assert "HOST=0.0.0.0" in env_words
+    assert "PORT=5175" in env_words
+
+
+def test_dockerfile_ships_queries_and_migrations_beside_the_package() -> None:
+    """service/__init__.py finds them as PROJECT_ROOT/queries and PROJECT_ROOT/migrations."""
+    landed = copied_directories()
+    for name in ("service", "queries", "migrations"):
+        assert name in landed, f"Dockerfile does not copy {name}/"
+    root = posixpath.dirname(landed["service"])
+    assert landed["queries"] == posixpath.join(root, "queries")
+    assert landed["migrations"] == posixpath.join(root, "migrations")
+    # ... and the project is installed from there, in place, so those paths stay valid.
+    installs = [args for args in instructions("RUN") if "pip install" in args]
+    assert any(re.search(rf"(-e|--editable)\s+{re.escape(root)}/?(\s|$)", a) for a in installs)
+
+
+def test_dockerfile_runs_as_a_non_root_user() -> None:
+    users = [(i, args) for i, (kw, args) in enumerate(dockerfile()) if kw == "USER"]
+    assert users, "Dockerfile has no USER instruction"
+    index, user = users[-1]
+    assert user.split(":")[0] not in ("root", "0")
+    cmd_index = max(i for i, (kw, _) in enumerate(dockerfile()) if kw == "CMD")
+    assert index < cmd_index
+
+
+def test_dockerfile_healthcheck_calls_health_with_python() -> None:
+    (check,) = instructions("HEALTHCHECK")
+    options, words = split_options(check)
+    assert words and words[0] == "CMD"
+    argv = exec_form(check[check.index("[") :])
+    code = python_c_argument(argv)
+    assert "urllib" in code and "127.0.0.1" in code and "/health" in code
+    assert "curl" not in check and "wget" not in check
+    assert set(options) <= {"interval", "timeout", "start-period", "start-interval", "retries"}
+
+
+def test_healthcheck_one_liners_are_valid_python() -> None:
+    (check,) = instructions("HEALTHCHECK")
+    snippets = {
+        "Dockerfile": python_c_argument(exec_form(check[check.index("[") :])),
+        "docker-compose.yml": python_c_argument(healthcheck_command(service("backend"))[1:]),
+    }
+    for origin, code in snippets.items():
+        compile(code, f"<{origin} healthcheck>", "exec")
+
+
+def test_dockerfile_copies_only_what_exists_and_is_not_ignored() -> None:
+    ignored = [
+        line.strip().rstrip("/")
+        for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for required in ("pyproject.toml", "service", "queries", "migrations"):
+        assert (ROOT / required).exists(), required
+        assert not any(fnmatch.fnmatch(required, pattern) for pattern in ignored), required
+    for excluded in (".venv", ".git", ".local", "tests"):
+        assert any(fnmatch.fnmatch(excluded, pattern) for pattern in ignored), excluded
+
+
+# --- docker compose client ----------------------------------------------------------------
+
+
+@functools.cache
+def compose_client() -> list[str] | None:
+    """`docker compose` (or standalone docker-compose) if a working client is installed."""
+    candidates = []
+    if shutil.which("docker"):
+        candidates.append(["docker", "compose"])
+    if shutil.which("docker-compose"):
+        candidates.append(["docker-compose"])
+    for argv in candidates:
+        try:
+            probe = subprocess.run([*argv, "version"], capture_output=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if probe.returncode == 0:
+            return argv
+    return None
+
+
+def test_docker_compose_config_validates() -> None:
+    client = compose_client()
+    if client is None:
+        pytest.skip("no `docker compose` client installed")
+    result = subprocess.run(
+        [*client, "-f", str(COMPOSE_FILE), "config", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
