@@ -1,10 +1,14 @@
 -- The statements behind the four sync endpoints: one statement, one round trip each.
--- From psql: \set user_id '\'550e8400-e29b-41d4-a716-446655440000\'' then paste a
--- statement, or use `logikids-sync sql NAME user_id=...` which binds the values for you.
+-- Each conditional variant (If-Match / If-None-Match) checks the version and writes in
+-- the same statement, so two devices holding the same ETag cannot both win.
+--
+-- From psql, set each variable with its quotes, then paste the statement (or run
+-- `logikids-sync sql NAME user_id=...`, which binds them for you):
+--   \set user_id '\'550e8400-e29b-41d4-a716-446655440000\''
 
--- name: store_record(user_id, encrypted_blob, iv, timestamp, checksum, blob_size)!
+-- name: store_record(user_id, encrypted_blob, iv, timestamp, checksum, blob_size)$
 -- Insert the record or replace its content in one upsert; created_at keeps the first
--- upload's time, last_accessed becomes now (an upload is an access).
+-- upload's time, last_accessed becomes now (an upload is an access), the version is new.
 INSERT INTO user_sync_data (user_id, encrypted_blob, iv, timestamp, checksum, blob_size)
 VALUES (:user_id, :encrypted_blob, :iv, :timestamp, :checksum, :blob_size)
 ON CONFLICT (user_id) DO UPDATE SET
@@ -13,26 +17,100 @@ ON CONFLICT (user_id) DO UPDATE SET
   timestamp = EXCLUDED.timestamp,
   checksum = EXCLUDED.checksum,
   blob_size = EXCLUDED.blob_size,
-  last_accessed = now();
+  last_accessed = now(),
+  version = gen_random_uuid()
+RETURNING version;
 
--- name: fetch_record(user_id)^
+-- name: replace_record_if_match(user_id, encrypted_blob, iv, timestamp, checksum, blob_size, versions, excluded_versions)^
+-- PUT with If-Match: replace only while the record is at one of :versions (NULL means
+-- `*`: any version) and at none of :excluded_versions (If-None-Match). Returns
+-- (true, new version) when stored, (false, current version) when the precondition
+-- failed, and no row when there is no record.
+WITH updated AS (
+  UPDATE user_sync_data SET
+    encrypted_blob = :encrypted_blob,
+    iv = :iv,
+    timestamp = :timestamp,
+    checksum = :checksum,
+    blob_size = :blob_size,
+    last_accessed = now(),
+    version = gen_random_uuid()
+  WHERE user_id = :user_id
+    AND (CAST(:versions AS uuid[]) IS NULL OR version = ANY (CAST(:versions AS uuid[])))
+    AND version <> ALL (coalesce(CAST(:excluded_versions AS uuid[]), '{}'))
+  RETURNING version
+)
+SELECT true AS stored, version FROM updated
+UNION ALL
+SELECT false, version FROM user_sync_data
+WHERE user_id = :user_id AND NOT EXISTS (SELECT FROM updated);
+
+-- name: store_record_unless_match(user_id, encrypted_blob, iv, timestamp, checksum, blob_size, versions)^
+-- PUT with If-None-Match: create the record, or replace it only when its version is none
+-- of :versions (NULL means `*`: create only). Returns (true, new version) when stored and
+-- (false, current version) when the precondition failed.
+WITH stored AS (
+  INSERT INTO user_sync_data (user_id, encrypted_blob, iv, timestamp, checksum, blob_size)
+  VALUES (:user_id, :encrypted_blob, :iv, :timestamp, :checksum, :blob_size)
+  ON CONFLICT (user_id) DO UPDATE SET
+    encrypted_blob = EXCLUDED.encrypted_blob,
+    iv = EXCLUDED.iv,
+    timestamp = EXCLUDED.timestamp,
+    checksum = EXCLUDED.checksum,
+    blob_size = EXCLUDED.blob_size,
+    last_accessed = now(),
+    version = gen_random_uuid()
+  WHERE CAST(:versions AS uuid[]) IS NOT NULL
+    AND user_sync_data.version <> ALL (CAST(:versions AS uuid[]))
+  RETURNING version
+)
+SELECT true AS stored, version FROM stored
+UNION ALL
+SELECT false, version FROM user_sync_data
+WHERE user_id = :user_id AND NOT EXISTS (SELECT FROM stored);
+
+-- name: fetch_record(user_id, known_versions, any_version)^
 -- The record for one user, marking it accessed in the same statement. The mark is coarse:
 -- last_accessed is written only when it is over an hour old, which spares a write per
--- read and stays far inside the two-year cleanup horizon (DESIGN §2).
+-- read and stays far inside the two-year cleanup horizon (DESIGN §2). When the client
+-- already holds the current version (If-None-Match: :known_versions, or `*` as
+-- :any_version) the blob is left out (NULL) and the answer is a 304.
 WITH touched AS (
   UPDATE user_sync_data SET last_accessed = now()
   WHERE user_id = :user_id AND last_accessed < now() - interval '1 hour'
-  RETURNING encrypted_blob, iv, timestamp, checksum
+  RETURNING encrypted_blob, iv, timestamp, checksum, version
+),
+found AS (
+  SELECT encrypted_blob, iv, timestamp, checksum, version FROM touched
+  UNION ALL
+  SELECT encrypted_blob, iv, timestamp, checksum, version FROM user_sync_data
+  WHERE user_id = :user_id AND NOT EXISTS (SELECT FROM touched)
 )
-SELECT encrypted_blob, iv, timestamp, checksum FROM touched
-UNION ALL
-SELECT encrypted_blob, iv, timestamp, checksum FROM user_sync_data
-WHERE user_id = :user_id AND NOT EXISTS (SELECT FROM touched);
+SELECT CASE WHEN unchanged THEN NULL ELSE encrypted_blob END AS encrypted_blob,
+       iv, timestamp, checksum, version, unchanged
+FROM found,
+     LATERAL (SELECT coalesce(CAST(:any_version AS boolean), false)
+                     OR version = ANY (coalesce(CAST(:known_versions AS uuid[]), '{}'))
+             ) AS c(unchanged);
 
--- name: record_exists(user_id)$
--- Whether a record exists (device pairing); reads nothing else.
-SELECT EXISTS (SELECT FROM user_sync_data WHERE user_id = :user_id);
+-- name: record_version(user_id)$
+-- The record's version, or NULL when there is none (verify: device pairing).
+SELECT version FROM user_sync_data WHERE user_id = :user_id;
 
 -- name: erase_record(user_id)!
 -- Erase the record (GDPR right to erasure); succeeds whether or not it existed.
 DELETE FROM user_sync_data WHERE user_id = :user_id;
+
+-- name: erase_record_if_match(user_id, versions)^
+-- DELETE with If-Match: erase only while the record is at one of :versions (NULL means
+-- `*`). Returns (true, erased version), (false, current version), or no row.
+WITH erased AS (
+  DELETE FROM user_sync_data
+  WHERE user_id = :user_id
+    AND (CAST(:versions AS uuid[]) IS NULL OR version = ANY (CAST(:versions AS uuid[])))
+  RETURNING version
+)
+SELECT true AS erased, version FROM erased
+UNION ALL
+SELECT false, version FROM user_sync_data
+WHERE user_id = :user_id AND NOT EXISTS (SELECT FROM erased);

@@ -67,8 +67,9 @@ def create_app(settings: Settings) -> Starlette:
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "PUT", "POST", "DELETE"],
-            allow_headers=["Content-Type"],
+            allow_headers=["Content-Type", "If-Match", "If-None-Match"],
             expose_headers=[
+                "ETag",
                 "Retry-After",
                 "RateLimit-Limit",
                 "RateLimit-Remaining",

@@ -11,6 +11,8 @@ from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service.conditional import PreconditionFailed, parse_condition
+from service.conditional import etag as etag_header
 from service.db import queries
 from service.errors import PayloadTooLarge, RecordNotFound, UnsupportedMediaType
 from service.payload import MAX_BODY_BYTES, parse_json_body, parse_user_id, validate_payload
@@ -23,40 +25,86 @@ class SyncRecord(HTTPEndpoint):
     """/api/sync/{user_id}: PUT, GET and DELETE of one user's record; other methods get 405."""
 
     async def put(self, request: Request) -> Response:
-        """PUT /api/sync/{userId}: insert or replace the user's record."""
+        """PUT /api/sync/{userId}: insert or replace the record (conditionally with
+        If-Match / If-None-Match); answers with the new version's ETag."""
         user_id = parse_user_id(request.path_params["user_id"])
+        if_match = parse_condition(request.headers, "If-Match")
+        if_none_match = parse_condition(request.headers, "If-None-Match")
         _require_json(request)
         payload = validate_payload(parse_json_body(await read_body(request, MAX_BODY_BYTES)))
+        fields = {
+            "user_id": user_id,
+            "encrypted_blob": payload.encrypted_blob,
+            "iv": payload.iv,
+            "timestamp": payload.timestamp,
+            "checksum": payload.checksum,
+            "blob_size": payload.blob_size,
+        }
+        if if_match is not None and if_none_match is not None and if_none_match.any:
+            raise PreconditionFailed()  # exists (If-Match) and does not exist (*): never
         async with admitted(request, user_id) as conn:
-            await queries.store_record(
-                conn,
-                user_id=user_id,
-                encrypted_blob=payload.encrypted_blob,
-                iv=payload.iv,
-                timestamp=payload.timestamp,
-                checksum=payload.checksum,
-                blob_size=payload.blob_size,
-            )
-        return respond(request, SUCCESS)
+            if if_match is not None:
+                excluded = if_none_match.versions(weak_ok=True) if if_none_match else None
+                row = await queries.replace_record_if_match(
+                    conn,
+                    **fields,
+                    versions=None if if_match.any else if_match.versions(weak_ok=False),
+                    excluded_versions=excluded,
+                )
+            elif if_none_match is not None:
+                row = await queries.store_record_unless_match(
+                    conn,
+                    **fields,
+                    versions=None if if_none_match.any else if_none_match.versions(weak_ok=True),
+                )
+            else:
+                row = (True, await queries.store_record(conn, **fields))
+        stored, version = row if row is not None else (False, None)
+        if not stored:
+            raise PreconditionFailed(version)
+        return respond(request, SUCCESS, etag=version)
 
     async def get(self, request: Request) -> Response:
-        """GET /api/sync/{userId}: the record, exactly the four client fields."""
+        """GET /api/sync/{userId}: the record, exactly the four client fields, with its
+        ETag; 304 without a body when If-None-Match names the current version."""
         user_id = parse_user_id(request.path_params["user_id"])
+        if_none_match = parse_condition(request.headers, "If-None-Match")
         async with admitted(request, user_id) as conn:
-            row = await queries.fetch_record(conn, user_id=user_id)
+            row = await queries.fetch_record(
+                conn,
+                user_id=user_id,
+                known_versions=if_none_match.versions(weak_ok=True) if if_none_match else None,
+                any_version=bool(if_none_match and if_none_match.any),
+            )
         if row is None:
             raise RecordNotFound()
-        blob, iv, timestamp, checksum = row
+        blob, iv, timestamp, checksum, version, unchanged = row
+        if unchanged:
+            headers = {**quota_headers(request), "ETag": etag_header(version)}
+            return Response(status_code=304, headers=headers)
         return respond(
             request,
             {"encryptedBlob": blob, "iv": iv, "timestamp": timestamp, "checksum": checksum},
+            etag=version,
         )
 
     async def delete(self, request: Request) -> Response:
-        """DELETE /api/sync/{userId}: erase the record, whether or not it existed."""
+        """DELETE /api/sync/{userId}: erase the record, whether or not it existed; with
+        If-Match only while it is at that version."""
         user_id = parse_user_id(request.path_params["user_id"])
+        if_match = parse_condition(request.headers, "If-Match")
         async with admitted(request, user_id) as conn:
-            await queries.erase_record(conn, user_id=user_id)
+            if if_match is None:
+                await queries.erase_record(conn, user_id=user_id)
+                return respond(request, SUCCESS)
+            row = await queries.erase_record_if_match(
+                conn,
+                user_id=user_id,
+                versions=None if if_match.any else if_match.versions(weak_ok=False),
+            )
+        erased, version = row if row is not None else (False, None)
+        if not erased:
+            raise PreconditionFailed(version)
         return respond(request, SUCCESS)
 
 
@@ -64,11 +112,12 @@ class SyncVerify(HTTPEndpoint):
     """/api/sync/{user_id}/verify."""
 
     async def post(self, request: Request) -> Response:
-        """POST /api/sync/{userId}/verify: whether a record exists (device pairing)."""
+        """POST /api/sync/{userId}/verify: whether a record exists (device pairing), with
+        its ETag when it does."""
         user_id = parse_user_id(request.path_params["user_id"])
         async with admitted(request, user_id) as conn:
-            exists = await queries.record_exists(conn, user_id=user_id)
-        return respond(request, {"exists": bool(exists)})
+            version = await queries.record_version(conn, user_id=user_id)
+        return respond(request, {"exists": version is not None}, etag=version)
 
 
 @asynccontextmanager
@@ -86,9 +135,12 @@ async def admitted(request: Request, user_id: uuid.UUID) -> AsyncIterator[psycop
         yield conn
 
 
-def respond(request: Request, content: object) -> Response:
-    """A 200 JSON response carrying the request's RateLimit headers."""
-    return ORJSONResponse(content, headers=quota_headers(request))
+def respond(request: Request, content: object, *, etag: uuid.UUID | None = None) -> Response:
+    """A 200 JSON response carrying the request's RateLimit headers and the ETag."""
+    headers = quota_headers(request)
+    if etag is not None:
+        headers["ETag"] = etag_header(etag)
+    return ORJSONResponse(content, headers=headers)
 
 
 def quota_headers(request: Request) -> dict[str, str]:
