@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # The database: $DATABASE_URL when set, else the local dev cluster (started on demand).
 DB_URL = $${DATABASE_URL:-$$($(PY) -m service.localpg start $(PGDATA_DEV))}
 
-.PHONY: venv dev serve migrate migrate-status psql test lint bench dev-db-stop clean
+.PHONY: venv dev serve migrate migrate-status psql sql backup restore test lint bench dev-db-stop clean
 
 venv: $(VENV)/.installed
 
@@ -35,6 +35,26 @@ migrate-status: venv
 
 psql: venv
 	@url="$(DB_URL)"; exec psql "$$url"
+
+## make sql Q=NAME ARGS="user_id=..." : run a named query from queries/ through psql
+sql: venv
+	@url="$(DB_URL)"; DATABASE_URL="$$url" $(PY) -m service sql $(Q) $(ARGS)
+
+## make backup: a timestamped pg_dump (custom format) in $(BACKUP_DIR)
+BACKUP_DIR ?= backups
+backup: venv
+	@set -e; url="$(DB_URL)"; mkdir -p $(BACKUP_DIR); \
+	file="$(BACKUP_DIR)/logikids-$$(date -u +%Y%m%dT%H%M%SZ).dump"; \
+	pg_dump --format=custom --no-owner --no-privileges --file="$$file" "$$url"; \
+	echo "Backup written to $$file"
+
+## make restore FILE=backups/...dump : restore a backup into the configured database
+restore: venv
+	@set -e; test -n "$(FILE)" || { echo "usage: make restore FILE=backups/<name>.dump" >&2; exit 2; }; \
+	url="$(DB_URL)"; \
+	pg_restore --clean --if-exists --no-owner --no-privileges --single-transaction \
+	  --exit-on-error --dbname="$$url" "$(FILE)"; \
+	echo "Restored $(FILE)"
 
 dev-db-stop: venv
 	$(PY) -m service.localpg stop $(PGDATA_DEV)

@@ -31,6 +31,26 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument(
         "--status", action="store_true", help="show each migration's state, change nothing"
     )
+    cleanup = commands.add_parser(
+        "cleanup", help="erase records not accessed for N days (GDPR), in small batches"
+    )
+    cleanup.add_argument(
+        "--inactive-days", type=int, help="default: $INACTIVE_DAYS or 730", metavar="N"
+    )
+    cleanup.add_argument("--dry-run", action="store_true", help="count, erase nothing")
+
+    legacy = commands.add_parser(
+        "import-legacy", help="import the TypeScript service's data/sync/<userId>.json files"
+    )
+    legacy.add_argument("directory", metavar="DIR")
+    legacy.add_argument("--dry-run", action="store_true", help="validate and report, write nothing")
+
+    sql = commands.add_parser(
+        "sql", help="run a named query from queries/ through psql (same text the service runs)"
+    )
+    sql.add_argument("name", metavar="NAME", nargs="?", help="query name; omit to list them")
+    sql.add_argument("params", nargs="*", metavar="param=value")
+    sql.add_argument("--print", action="store_true", help="show the statement, run nothing")
     return parser
 
 
@@ -46,6 +66,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(settings, args)
     if args.command == "migrate":
         return asyncio.run(migrate(settings, status_only=args.status))
+    if args.command == "cleanup":
+        from service.cleanup import run_cleanup_command
+
+        days = args.inactive_days if args.inactive_days is not None else settings.inactive_days
+        return asyncio.run(run_cleanup_command(settings, inactive_days=days, dry_run=args.dry_run))
+    if args.command == "import-legacy":
+        from service.legacy import run_import_command
+
+        return asyncio.run(
+            run_import_command(settings, directory=args.directory, dry_run=args.dry_run)
+        )
+    if args.command == "sql":
+        from service.sqlcmd import run_sql_command
+
+        return run_sql_command(settings, name=args.name, params=args.params, print_only=args.print)
     raise AssertionError(args.command)
 
 
