@@ -1,4 +1,4 @@
-"""One log line per request, with the route template instead of the raw path.
+"""One log line and the metrics per request, with the route template, not the raw path.
 
 The raw path holds the user id, which is a secret; the line carries its short hash.
 """
@@ -10,13 +10,15 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import metrics
 from service.logs import user_hash
 
 logger = logging.getLogger("service.access")
 
 
 class AccessLogMiddleware:
-    """Logs method, route template, status, duration and user hash at INFO."""
+    """Logs method, route template, status, duration and user hash at INFO, and counts
+    the request in the Prometheus metrics."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -40,7 +42,10 @@ class AccessLogMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "<unmatched>"
             user_id = scope.get("path_params", {}).get("user_id")
-            duration_ms = (time.perf_counter() - started) * 1000
+            elapsed = time.perf_counter() - started
+            duration_ms = elapsed * 1000
+            metrics.REQUESTS.labels(scope["method"], template, str(status)).inc()
+            metrics.LATENCY.labels(scope["method"], template).observe(elapsed)
             logger.info(
                 "%s %s %d %.1fms%s",
                 scope["method"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,7 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from service import migrations, sync
+from service import metrics, migrations, sync
 from service.access_log import AccessLogMiddleware
 from service.config import Settings
 from service.db import connection_kwargs, create_pool, queries, wait_for_database
@@ -44,6 +45,7 @@ def create_app(settings: Settings) -> Starlette:
 
     async def database_error(request: Request, exc: Exception) -> Response:
         logger.warning("Database unavailable: %s", type(exc).__name__)
+        metrics.DATABASE_ERRORS.labels(type(exc).__name__).inc()
         return service_error(request, ServiceUnavailable(settings.retry_after))
 
     async def integrity_error(request: Request, exc: Exception) -> Response:
@@ -161,10 +163,25 @@ def _lifespan(settings: Settings):
                     conn, window_seconds=settings.rate_limit_window
                 )
 
+        async def observe() -> None:
+            metrics.observe_pool(pool)
+
+        async def count_records() -> None:
+            async with pool.connection() as conn:
+                metrics.RECORDS.set(await queries.count_records(conn))
+
+        metrics.observe_pool(pool)
         try:
-            async with running_every(
-                min(settings.rate_limit_window, 600), purge_counters, name="purge-rate-limits"
-            ):
+            async with contextlib.AsyncExitStack() as jobs:
+                purge_every = min(settings.rate_limit_window, 600)
+                await jobs.enter_async_context(
+                    running_every(purge_every, purge_counters, name="purge-rate-limits")
+                )
+                await jobs.enter_async_context(running_every(5, observe, name="pool-metrics"))
+                if settings.metrics_port:
+                    await jobs.enter_async_context(
+                        running_every(60, count_records, name="records-metric")
+                    )
                 yield {"pool": pool, "limiter": limiter}
         finally:
             await pool.close()

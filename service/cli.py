@@ -99,6 +99,11 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     os.environ.update(
         {"HOST": settings.host, "PORT": str(settings.port), "WORKERS": str(settings.workers)}
     )
+    if settings.metrics_port:
+        from service.metrics import prepare_multiprocess, serve_metrics
+
+        prepare_multiprocess(settings.workers)
+        serve_metrics(host=settings.metrics_host, port=settings.metrics_port)
     # uvicorn.run exits with status 3 when start-up fails (PostgreSQL unreachable within
     # STARTUP_TIMEOUT, an edited migration), after our lifespan logged the reason.
     uvicorn.run(

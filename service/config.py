@@ -35,6 +35,9 @@ class Settings:
     log_level: str = "INFO"
     migrate_on_start: bool = True
     application_name: str = "logikids-sync"
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    cleanup_interval: int = 86400
 
     def with_changes(self, **changes: object) -> Settings:
         """A copy with some values replaced (handy for tests and CLI flags)."""
@@ -83,6 +86,9 @@ class Settings:
             migrate_on_start=_bool(env, "MIGRATE_ON_START", True),
             application_name=env.get("DB_APPLICATION_NAME", "logikids-sync").strip()
             or "logikids-sync",
+            metrics_port=_int(env, "METRICS_PORT", 0, minimum=0, maximum=65535),
+            metrics_host=env.get("METRICS_HOST", "127.0.0.1").strip() or "127.0.0.1",
+            cleanup_interval=_int(env, "CLEANUP_INTERVAL", 86400, minimum=0),
         )
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from service import metrics
 from service.db import queries
 from service.errors import ServiceError
 
@@ -91,5 +92,8 @@ class RateLimiter:
             q for (bucket, hits, _), q in zip(rows, quotas, strict=True) if hits > limits[bucket]
         ]
         if over:
+            for bucket, hits, _ in rows:
+                if hits > limits[bucket]:
+                    metrics.RATE_LIMITED.labels(bucket.split(":", 1)[0]).inc()
             raise TooManyRequests(max(over, key=lambda q: q.reset_seconds))
         return min(quotas, key=lambda q: (q.remaining, -q.reset_seconds))

@@ -8,8 +8,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx2
 
@@ -17,8 +19,14 @@ from service.localpg import free_port
 
 
 @contextlib.contextmanager
-def service_process(database_url: str, **env: str) -> Iterator[str]:
-    """`logikids-sync serve` as a real process; yields its base URL, kills it after."""
+def service_process(
+    database_url: str, *, log_file: Path | None = None, **env: str
+) -> Iterator[str]:
+    """`logikids-sync serve` as a real process; yields its base URL, stops it after.
+
+    Its stderr (the logs) goes to `log_file`, or a temporary file: never a pipe nobody
+    reads, which would block the service once full.
+    """
     port = free_port()
     environ = {
         **os.environ,
@@ -28,18 +36,20 @@ def service_process(database_url: str, **env: str) -> Iterator[str]:
         "STARTUP_TIMEOUT": "20",
         **env,
     }
+    log = open(log_file, "w+b") if log_file else tempfile.TemporaryFile()  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "service", "serve"],
         env=environ,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
     )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:
             if proc.poll() is not None:
-                raise AssertionError(f"service exited: {proc.stderr.read().decode()}")
+                log.seek(0)
+                raise AssertionError(f"service exited: {log.read().decode(errors='replace')}")
             with contextlib.suppress(httpx2.HTTPError):
                 if httpx2.get(f"{base}/health", timeout=1).status_code == 200:
                     break
@@ -53,3 +63,4 @@ def service_process(database_url: str, **env: str) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        log.close()

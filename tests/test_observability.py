@@ -1,0 +1,89 @@
+"""Metrics on their own listener, and one log line per request without secrets."""
+
+from __future__ import annotations
+
+import json
+
+import httpx2
+import pytest
+
+from service.localpg import free_port
+from tests.conftest import new_user_id
+from tests.processes import service_process
+from tests.test_smoke import PAYLOAD
+
+pytestmark = pytest.mark.slow
+
+
+def scrape(port: int) -> str:
+    return httpx2.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    prefix = f"{name}{{{wanted}}} " if labels else f"{name} "
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_metrics_are_off_by_default(database_url):
+    port = free_port()
+    with service_process(database_url) as base:
+        assert httpx2.get(f"{base}/metrics").status_code == 404
+        with pytest.raises(httpx2.ConnectError):
+            httpx2.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_metrics_count_requests_by_route_and_status_and_never_name_a_user(database_url, workers):
+    metrics_port = free_port()
+    user_id = new_user_id()
+    env = {"METRICS_PORT": str(metrics_port), "RATE_LIMIT_PER_HOUR": "3", "WORKERS": workers}
+    with service_process(database_url, **env) as base:
+        assert httpx2.put(f"{base}/api/sync/{user_id}", json=PAYLOAD).status_code == 200
+        assert httpx2.get(f"{base}/api/sync/{new_user_id()}").status_code == 404
+        for _ in range(3):
+            httpx2.post(f"{base}/api/sync/{user_id}/verify")
+        text = scrape(metrics_port)
+    route = "/api/sync/{user_id}"
+
+    def requests(method: str, path: str, status: str) -> float:
+        return sample(
+            text, "logikids_sync_requests_total", method=method, route=path, status=status
+        )
+
+    assert requests("PUT", route, "200") == 1
+    assert requests("GET", route, "404") == 1
+    assert requests("POST", route + "/verify", "429") == 1
+    assert sample(text, "logikids_sync_rate_limited_total", limit="user") == 1
+    latency = "logikids_sync_request_duration_seconds_count"
+    assert sample(text, latency, method="PUT", route=route) == 1
+    assert "logikids_sync_pool_connections" in text
+    assert user_id not in text and user_id.replace("-", "") not in text
+
+
+def test_json_logs_have_one_object_per_request_with_a_user_hash_only(database_url, tmp_path):
+    log_file = tmp_path / "service.log"
+    user_id = new_user_id()
+    with service_process(
+        database_url, log_file=log_file, LOG_FORMAT="json", LOG_LEVEL="INFO"
+    ) as base:
+        httpx2.put(f"{base}/api/sync/{user_id}", json=PAYLOAD)
+        httpx2.get(f"{base}/api/sync/{user_id}")
+    lines = log_file.read_text().splitlines()
+    entries = [json.loads(line) for line in lines]  # every line is one JSON object
+    requests = [e for e in entries if e.get("logger") == "service.access"]
+    put = next(e for e in requests if e["method"] == "PUT")
+    assert put["route"] == "/api/sync/{user_id}"
+    assert put["status"] == 200
+    assert put["duration_ms"] >= 0
+    assert len(put["user"]) == 12
+    messages = " ".join(e["message"] for e in entries)
+    assert "Connection successful" in messages
+    assert "pool closed" in messages.lower()
+    text = log_file.read_text()
+    assert user_id not in text
+    assert PAYLOAD["encryptedBlob"] not in text
