@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -104,6 +105,9 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
 
         prepare_multiprocess(settings.workers)
         serve_metrics(host=settings.metrics_host, port=settings.metrics_port)
+    # uvicorn finishes a graceful shutdown on SIGTERM, then re-raises the signal it caught;
+    # this handler (which uvicorn restores before re-raising) turns that into exit status 0.
+    signal.signal(signal.SIGTERM, _exit_after_graceful_shutdown)
     # uvicorn.run exits with status 3 when start-up fails (PostgreSQL unreachable within
     # STARTUP_TIMEOUT, an edited migration), after our lifespan logged the reason.
     uvicorn.run(
@@ -120,6 +124,10 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=int(settings.shutdown_timeout),
     )
     return 0
+
+
+def _exit_after_graceful_shutdown(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 async def migrate(settings: Settings, *, status_only: bool) -> int:

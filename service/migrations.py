@@ -113,11 +113,16 @@ async def migrate(conn: psycopg.AsyncConnection, directory: Path = MIGRATIONS_DI
             if migration.version in applied:
                 continue
             logger.info("Applying migration %s", migration.version)
-            async with conn.transaction():
-                await conn.execute(migration.sql.encode("utf-8"))
-                await queries.record_migration(
-                    conn, version=migration.version, sha256=migration.sha256
-                )
+            try:
+                async with conn.transaction():
+                    await conn.execute(migration.sql.encode("utf-8"))
+                    await queries.record_migration(
+                        conn, version=migration.version, sha256=migration.sha256
+                    )
+            except psycopg.DatabaseError as exc:
+                raise MigrationError(
+                    f"{migration.path.name} failed and was rolled back: {exc}"
+                ) from exc
             done.append(migration.version)
         return done
     finally:
