@@ -21,7 +21,13 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from service import metrics, migrations, sync
 from service.access_log import AccessLogMiddleware
 from service.config import Settings
-from service.db import connection_kwargs, create_pool, queries, wait_for_database
+from service.db import (
+    connection_kwargs,
+    create_pool,
+    queries,
+    schedule_pool_check,
+    wait_for_database,
+)
 from service.errors import ServiceError, ServiceUnavailable, ValidationFailed
 from service.periodic import running_every
 from service.ratelimit import RateLimiter
@@ -46,6 +52,9 @@ def create_app(settings: Settings) -> Starlette:
     async def database_error(request: Request, exc: Exception) -> Response:
         logger.warning("Database unavailable: %s", type(exc).__name__)
         metrics.DATABASE_ERRORS.labels(type(exc).__name__).inc()
+        pool = getattr(request.state, "pool", None)
+        if pool is not None and not isinstance(exc, psycopg_pool.PoolTimeout):
+            schedule_pool_check(pool)
         return service_error(request, ServiceUnavailable(settings.retry_after))
 
     async def integrity_error(request: Request, exc: Exception) -> Response:
@@ -90,6 +99,7 @@ def create_app(settings: Settings) -> Starlette:
             psycopg.InterfaceError: database_error,
             psycopg_pool.PoolTimeout: database_error,
             psycopg_pool.PoolClosed: database_error,
+            psycopg_pool.TooManyRequests: database_error,
             psycopg.IntegrityError: integrity_error,
             psycopg.DataError: integrity_error,
             Exception: internal_error,
@@ -143,7 +153,7 @@ def _lifespan(settings: Settings):
         )
         if settings.migrate_on_start:
             async with await psycopg.AsyncConnection.connect(
-                settings.database_url, **connection_kwargs(settings)
+                settings.database_url, **connection_kwargs(settings, for_requests=False)
             ) as conn:
                 applied = await migrations.migrate(conn)
             if applied:
@@ -182,7 +192,7 @@ def _lifespan(settings: Settings):
                     await jobs.enter_async_context(
                         running_every(60, count_records, name="records-metric")
                     )
-                yield {"pool": pool, "limiter": limiter}
+                yield {"pool": pool, "limiter": limiter, "settings": settings}
         finally:
             await pool.close()
             logger.info("Database pool closed")

@@ -139,7 +139,7 @@ async def migrate(settings: Settings, *, status_only: bool) -> int:
     try:
         await wait_for_database(settings)
         async with await psycopg.AsyncConnection.connect(
-            settings.database_url, **connection_kwargs(settings)
+            settings.database_url, **connection_kwargs(settings, for_requests=False)
         ) as conn:
             if status_only:
                 rows = await migrations.status(conn)

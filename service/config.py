@@ -22,6 +22,10 @@ class Settings:
     pool_min: int = 1
     pool_max: int = 10
     pool_timeout: float = 5.0
+    pool_max_waiting: int = 200
+    statement_timeout_ms: int = 10_000
+    prepare_threshold: int | None = 5
+    body_timeout: float = 30.0
     startup_timeout: float = 30.0
     shutdown_timeout: float = 25.0
     retry_after: int = 5
@@ -72,6 +76,10 @@ class Settings:
             pool_min=pool_min,
             pool_max=pool_max,
             pool_timeout=_float(env, "DB_POOL_TIMEOUT", 5.0),
+            pool_max_waiting=_int(env, "DB_POOL_MAX_WAITING", 200, minimum=0),
+            statement_timeout_ms=_int(env, "DB_STATEMENT_TIMEOUT_MS", 10_000, minimum=0),
+            prepare_threshold=_prepare_threshold(env),
+            body_timeout=_float(env, "REQUEST_BODY_TIMEOUT", 30.0),
             startup_timeout=_float(env, "STARTUP_TIMEOUT", 30.0),
             shutdown_timeout=_float(env, "SHUTDOWN_TIMEOUT", 25.0),
             retry_after=_int(env, "RETRY_AFTER", 5, minimum=1),
@@ -90,6 +98,15 @@ class Settings:
             metrics_host=env.get("METRICS_HOST", "127.0.0.1").strip() or "127.0.0.1",
             cleanup_interval=_int(env, "CLEANUP_INTERVAL", 86400, minimum=0),
         )
+
+
+def _prepare_threshold(env: Mapping[str, str]) -> int | None:
+    """psycopg's automatic prepared statements: `off` for PgBouncer in transaction mode,
+    where a prepared statement may land on another server connection."""
+    raw = env.get("DB_PREPARE_THRESHOLD", "").strip().lower()
+    if raw in ("off", "none", "disable", "disabled"):
+        return None
+    return _int(env, "DB_PREPARE_THRESHOLD", 5, minimum=0)
 
 
 def _int(

@@ -28,9 +28,25 @@ class DatabaseUnreachable(RuntimeError):
     """PostgreSQL did not answer within STARTUP_TIMEOUT."""
 
 
-def connection_kwargs(settings: Settings) -> dict[str, Any]:
-    """Options for every connection the service opens."""
-    return {"autocommit": True, "application_name": settings.application_name}
+def connection_kwargs(settings: Settings, *, for_requests: bool = True) -> dict[str, Any]:
+    """Options for every connection the service opens.
+
+    statement_timeout bounds how long a request can wait on a lock or a slow server (the
+    request then gets a 503); migrations and maintenance (`for_requests=False`) may take
+    longer. TCP keepalives notice a peer that vanished without a reset.
+    """
+    kwargs: dict[str, Any] = {
+        "autocommit": True,
+        "application_name": settings.application_name,
+        "prepare_threshold": settings.prepare_threshold,
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+    }
+    if for_requests and settings.statement_timeout_ms:
+        kwargs["options"] = f"-c statement_timeout={settings.statement_timeout_ms}"
+    return kwargs
 
 
 async def wait_for_database(settings: Settings) -> dict[str, str]:
@@ -76,10 +92,37 @@ def create_pool(settings: Settings) -> AsyncConnectionPool:
         min_size=settings.pool_min,
         max_size=settings.pool_max,
         timeout=settings.pool_timeout,
+        max_waiting=settings.pool_max_waiting,
+        # Retry connecting for as long as PostgreSQL is away, however long: a sync service
+        # must come back by itself once its database does.
+        reconnect_timeout=24 * 3600,
         kwargs=connection_kwargs(settings),
         name="logikids-sync",
         open=False,
     )
+
+
+_pool_checks: set[asyncio.Task[None]] = set()
+
+
+def schedule_pool_check(pool: AsyncConnectionPool) -> None:
+    """After a connection failed, test the pool's idle connections in the background.
+
+    When PostgreSQL restarts, every idle connection in the pool is dead; without this,
+    each would fail one more request before being discarded. One check at a time.
+    """
+    if _pool_checks or pool.closed:
+        return
+    task = asyncio.get_running_loop().create_task(_check(pool))
+    _pool_checks.add(task)
+    task.add_done_callback(_pool_checks.discard)
+
+
+async def _check(pool: AsyncConnectionPool) -> None:
+    try:
+        await pool.check()
+    except Exception as exc:  # the next failure schedules another check
+        logger.debug("Pool check failed: %s", type(exc).__name__)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -69,6 +69,13 @@ class PayloadTooLarge(ServiceError):
     message = "Payload too large (max 1MB)"
 
 
+class RequestTimeout(ServiceError):
+    """The body did not arrive within REQUEST_BODY_TIMEOUT (a client trickling bytes)."""
+
+    status = 408
+    message = "Request body not received in time"
+
+
 class UnsupportedMediaType(ServiceError):
     """PUT bodies must be JSON."""
 

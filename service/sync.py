@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,7 +15,7 @@ from starlette.responses import Response
 from service.conditional import PreconditionFailed, parse_condition
 from service.conditional import etag as etag_header
 from service.db import queries
-from service.errors import PayloadTooLarge, RecordNotFound, UnsupportedMediaType
+from service.errors import PayloadTooLarge, RecordNotFound, RequestTimeout, UnsupportedMediaType
 from service.payload import MAX_BODY_BYTES, parse_json_body, parse_user_id, validate_payload
 from service.responses import ORJSONResponse
 
@@ -31,7 +32,8 @@ class SyncRecord(HTTPEndpoint):
         if_match = parse_condition(request.headers, "If-Match")
         if_none_match = parse_condition(request.headers, "If-None-Match")
         _require_json(request)
-        payload = validate_payload(parse_json_body(await read_body(request, MAX_BODY_BYTES)))
+        body = await read_body(request, MAX_BODY_BYTES, timeout=request.state.settings.body_timeout)
+        payload = validate_payload(parse_json_body(body))
         fields = {
             "user_id": user_id,
             "encrypted_blob": payload.encrypted_blob,
@@ -154,8 +156,12 @@ def _require_json(request: Request) -> None:
         raise UnsupportedMediaType()
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed `limit`.
+async def read_body(request: Request, limit: int, *, within: float) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed `limit`, and
+    with 408 when it has not fully arrived within `within` seconds.
+
+    The body is read before a database connection is taken, so a slow client never holds
+    one.
 
     A declared Content-Length over the limit is refused before reading a byte; a body
     that streams past the limit (chunked, or lying about its length) is refused at the
@@ -166,9 +172,13 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise PayloadTooLarge()
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge()
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(within):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge()
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout() from None
     return b"".join(chunks)
