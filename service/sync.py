@@ -32,7 +32,7 @@ class SyncRecord(HTTPEndpoint):
         if_match = parse_condition(request.headers, "If-Match")
         if_none_match = parse_condition(request.headers, "If-None-Match")
         _require_json(request)
-        body = await read_body(request, MAX_BODY_BYTES, timeout=request.state.settings.body_timeout)
+        body = await read_body(request, MAX_BODY_BYTES, within=request.state.settings.body_timeout)
         payload = validate_payload(parse_json_body(body))
         fields = {
             "user_id": user_id,
