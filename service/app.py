@@ -20,6 +20,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from service import metrics, migrations, sync
 from service.access_log import AccessLogMiddleware
+from service.cleanup import scheduled_cleanup
 from service.config import Settings
 from service.db import (
     connection_kwargs,
@@ -191,6 +192,15 @@ def _lifespan(settings: Settings):
                 if settings.metrics_port:
                     await jobs.enter_async_context(
                         running_every(60, count_records, name="records-metric")
+                    )
+                if settings.cleanup_interval:
+                    await jobs.enter_async_context(
+                        running_every(
+                            settings.cleanup_interval,
+                            lambda: scheduled_cleanup(pool, settings),
+                            name="gdpr-cleanup",
+                            first_after=min(settings.cleanup_interval, 60),
+                        )
                     )
                 yield {"pool": pool, "limiter": limiter, "settings": settings}
         finally:

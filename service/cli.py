@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "sql" and (args.print or not args.name):
+        # Listing the queries and printing one need no database, so no DATABASE_URL.
+        from service.sqlcmd import run_sql_command
+
+        return run_sql_command(None, name=args.name, params=args.params, print_only=True)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:

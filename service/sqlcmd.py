@@ -1,0 +1,267 @@
+"""`logikids-sync sql NAME [param=value ...]`: run one named query through psql.
+
+The statement is the one aiosql gives the service (queries/*.sql, comment lines left
+out), with each `:name` placeholder turned into psql's `:'name'`, which psql replaces by
+the variable's value as a quoted literal; values are passed with `-v`, never pasted into
+the text, so a value cannot change the statement. A value of exactly `NULL` binds SQL
+NULL instead (`:name`, unquoted), which no quoted literal can express; array parameters
+take a PostgreSQL array literal such as `{a,b}`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from service import QUERIES_DIR
+from service.config import Settings
+
+NULL = "NULL"
+"""The value that binds SQL NULL rather than a string."""
+
+# The same parsing rules as aiosql's QueryLoader, so the text here is the text it loads.
+_QUERY_DEF = re.compile(r"--\s*name\s*:\s*")
+_NAME_SPEC = re.compile(
+    r"^(?P<name>\w+)\s*(?:\((?P<params>[^)]*)\))?\s*(?P<suffix>\^|\$|!|<!|\*!|#)?$"
+)
+_RECORD_CLASS = re.compile(r"--\s*record_class\s*:\s*\w+\s*$")
+_COMMENT_LINE = re.compile(r"\s*--\s*(.*)$")
+_BLOCK_COMMENT = re.compile(r"/\*(?!\+).*?\*/", re.DOTALL)
+
+# What can contain a colon without being a placeholder comes first, so that quoted text,
+# comments, `::type` casts and `:=` are kept as they are.
+_TOKENS = re.compile(
+    r"""
+      (?P<squote>'(?:''|[^'])*')
+    | (?P<dquote>"(?:""|[^"])+")
+    | (?P<comment>--[^\n]*)
+    | (?P<dollar>\$(?P<tag>(?:[A-Za-z_]\w*)?)\$.*?\$(?P=tag)\$)
+    | (?P<kept>::|:=)
+    | :(?P<name>[A-Za-z_]\w*)
+    """,
+    re.DOTALL | re.VERBOSE,
+)
+
+
+class UsageError(ValueError):
+    """The command line names no such query or does not match its parameters."""
+
+
+@dataclass(frozen=True)
+class NamedQuery:
+    """One `-- name:` block of a file in queries/."""
+
+    name: str
+    params: tuple[str, ...]
+    doc: str
+    sql: str
+    path: Path
+
+    @property
+    def summary(self) -> str:
+        """The description's first sentence, for listings."""
+        text = " ".join(self.doc.split())
+        end = text.find(". ")
+        return text if end < 0 else text[: end + 1]
+
+    def for_psql(self, nulls: Iterable[str] = ()) -> str:
+        """The statement with psql placeholders, ending in a semicolon so psql runs it."""
+        text = _convert_placeholders(self.sql, set(nulls))
+        return text if text.rstrip().endswith(";") else text.rstrip() + ";"
+
+
+def load_queries(directory: Path = QUERIES_DIR) -> dict[str, NamedQuery]:
+    """Every named query in the directory's .sql files, in file order."""
+    found: dict[str, NamedQuery] = {}
+    for path in sorted(directory.glob("*.sql")):
+        text = _BLOCK_COMMENT.sub("", path.read_text(encoding="utf-8"))
+        for block in _QUERY_DEF.split(text)[1:]:
+            query = _parse_block(block, path)
+            found[query.name] = query
+    return found
+
+
+def _parse_block(block: str, path: Path) -> NamedQuery:
+    lines = [line.rstrip() for line in block.strip().splitlines()]
+    spec = _NAME_SPEC.match(lines[0].replace("-", "_"))
+    if spec is None:
+        raise UsageError(f"{path.name}: cannot read the query spec {lines[0]!r}")
+    body = lines[1:]
+    if body and _RECORD_CLASS.match(body[0]):
+        body = body[1:]
+    doc: list[str] = []
+    sql: list[str] = []
+    for line in body:
+        comment = _COMMENT_LINE.match(line)
+        if comment:
+            doc.append(comment.group(1))
+        else:
+            sql.append(line)
+    statement = "\n".join(sql).strip()
+    if spec["params"] is not None:
+        params = tuple(p.strip() for p in spec["params"].split(",") if p.strip())
+    else:
+        params = tuple(dict.fromkeys(_placeholders(statement)))
+    return NamedQuery(
+        name=spec["name"], params=params, doc="\n".join(doc).rstrip(), sql=statement, path=path
+    )
+
+
+def _placeholders(sql: str) -> list[str]:
+    return [m["name"] for m in _TOKENS.finditer(sql) if m["name"]]
+
+
+def _convert_placeholders(sql: str, nulls: set[str]) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name = match["name"]
+        if not name:
+            return match.group(0)
+        return f":{name}" if name in nulls else f":'{name}'"
+
+    return _TOKENS.sub(replace, sql)
+
+
+def parse_params(query: NamedQuery, args: Sequence[str], *, complete: bool) -> dict[str, str]:
+    """`name=value` arguments checked against the query's parameters.
+
+    With `complete`, every parameter must have a value (running); without, some may be
+    left out (printing the statement).
+    """
+    values: dict[str, str] = {}
+    for arg in args:
+        name, sep, value = arg.partition("=")
+        if not sep or not name:
+            raise UsageError(f"expected param=value, got {arg!r}")
+        if name in values:
+            raise UsageError(f"parameter {name} given twice")
+        values[name] = value
+    signature = f"{query.name}({', '.join(query.params)})"
+    unknown = [name for name in values if name not in query.params]
+    if unknown:
+        raise UsageError(f"unknown parameter(s) {', '.join(unknown)}: the query is {signature}")
+    missing = [name for name in query.params if name not in values]
+    if complete and missing:
+        raise UsageError(f"missing parameter(s) {', '.join(missing)}: the query is {signature}")
+    return values
+
+
+def psql_script(query: NamedQuery, values: Mapping[str, str]) -> str:
+    """What `--print` shows: the query's description, `\\set` lines, then the statement.
+
+    Pasted into psql (or fed to `psql -f`), it runs what `sql NAME ...` runs.
+    """
+    header = [f"-- {query.name}({', '.join(query.params)})  [{query.path.name}]"]
+    header += [f"-- {line}".rstrip() for line in query.doc.splitlines()]
+    for name in query.params:
+        if name in values:
+            header.append(f"\\set {name} {_meta_quote(values[name])}")
+        else:
+            header.append(f"-- \\set {name} '...'  (not given)")
+    nulls = {name for name, value in values.items() if value == NULL}
+    return "\n".join([*header, query.for_psql(nulls)]) + "\n"
+
+
+def _meta_quote(value: str) -> str:
+    """A psql meta-command argument that `\\set` reads back as exactly `value`."""
+    if value == NULL:
+        return NULL
+    escaped = value.replace("\\", "\\\\").replace("'", "''")
+    return "'" + escaped.replace("\n", "\\n").replace("\r", "\\r") + "'"
+
+
+def psql_command(psql: str, database_url: str, values: Mapping[str, str]) -> list[str]:
+    """psql reading the statement from stdin, stopping (status 3) at the first error."""
+    cmd = [psql, "--no-psqlrc", "--set", "ON_ERROR_STOP=1"]
+    for name, value in values.items():
+        cmd += ["--set", f"{name}={value}"]
+    return [*cmd, "--dbname", database_url, "--file", "-"]
+
+
+def find_psql() -> str | None:
+    """`psql` on PATH, else the one beside the local PostgreSQL's server binaries."""
+    found = shutil.which("psql")
+    if found:
+        return found
+    from service.localpg import bindir
+
+    try:
+        candidate = bindir() / "psql"
+    except SystemExit:
+        return None
+    return str(candidate) if candidate.exists() else None
+
+
+def list_queries(queries: Mapping[str, NamedQuery]) -> str:
+    """Every query with its parameters and what it is for, grouped by file."""
+    out: list[str] = []
+    current: Path | None = None
+    for query in queries.values():
+        if query.path != current:
+            current = query.path
+            out += [""] if out else []
+            out.append(f"{query.path.parent.name}/{query.path.name}")
+        out.append(f"  {query.name}({', '.join(query.params)})")
+        if query.summary:
+            out.append(f"      {query.summary}")
+    return "\n".join(out) + "\n"
+
+
+def run_sql_command(
+    settings: Settings | None,
+    *,
+    name: str | None,
+    params: Sequence[str],
+    print_only: bool,
+    directory: Path = QUERIES_DIR,
+) -> int:
+    """The `sql` subcommand; returns psql's exit status, or 2 for a usage error.
+
+    `settings` is only needed to run a statement: listing and `--print` never connect.
+    """
+    queries = load_queries(directory)
+    if not name:
+        if params:
+            return _usage("give a query NAME before param=value arguments")
+        sys.stdout.write(list_queries(queries))
+        return 0
+    query = queries.get(name)
+    if query is None:
+        close = difflib.get_close_matches(name, queries, n=3)
+        hint = f"; did you mean {' or '.join(close)}?" if close else "; run `sql` to list them"
+        return _usage(f"no query named {name!r} in {directory.name}/{hint}")
+    try:
+        values = parse_params(query, params, complete=not print_only)
+    except UsageError as exc:
+        return _usage(str(exc))
+    if print_only:
+        sys.stdout.write(psql_script(query, values))
+        return 0
+    if settings is None:
+        return _usage("DATABASE_URL is not set: it names the database to run the query on")
+    psql = find_psql()
+    if psql is None:
+        print("logikids-sync: sql: psql not found (install the PostgreSQL client)", file=sys.stderr)
+        return 1
+    nulls = {n for n, value in values.items() if value == NULL}
+    sys.stdout.flush()
+    # How the session shows in pg_stat_activity, unless the URL or environment says.
+    env = {"PGAPPNAME": f"{settings.application_name}-sql", **os.environ}
+    result = subprocess.run(
+        psql_command(psql, settings.database_url, values),
+        input=query.for_psql(nulls).encode("utf-8"),
+        env=env,
+        check=False,
+    )
+    return result.returncode
+
+
+def _usage(message: str) -> int:
+    print(f"logikids-sync: sql: {message}", file=sys.stderr)
+    return 2
