@@ -40,3 +40,9 @@ SELECT bucket, hits, window_start FROM rate_limit_hits ORDER BY bucket;
 -- name: shift_rate_limit_windows(seconds)!
 -- Move every counted window into the past, as if `seconds` had gone by.
 UPDATE rate_limit_hits SET window_start = window_start - make_interval(secs => :seconds);
+
+-- name: all_records()
+-- Every column of every record, including what the service never returns.
+SELECT user_id, encrypted_blob, iv, timestamp, checksum, created_at, last_accessed,
+       blob_size, version
+FROM user_sync_data ORDER BY user_id;
