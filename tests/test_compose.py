@@ -408,3 +408,12 @@ def test_docker_compose_config_validates() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_compose_metrics_listener_is_published_on_loopback_only_and_cleanup_is_scheduled():
+    backend = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["backend"]
+    env = backend["environment"]
+    assert env["METRICS_PORT"] == "9175"
+    assert "127.0.0.1:9175:9175" in backend["ports"]
+    assert not any(str(p).startswith("9175") for p in backend["ports"])
+    assert env["CLEANUP_INTERVAL"].startswith("${CLEANUP_INTERVAL:-")
