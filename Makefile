@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # The database: $DATABASE_URL when set, else the local dev cluster (started on demand).
 DB_URL = $${DATABASE_URL:-$$($(PY) -m service.localpg start $(PGDATA_DEV))}
 
-.PHONY: venv dev serve migrate migrate-status psql sql backup restore test lint bench dev-db-stop clean
+.PHONY: venv dev serve migrate migrate-status psql sql backup restore test test-faults lint bench dev-db-stop clean
 
 venv: $(VENV)/.installed
 
@@ -61,7 +61,11 @@ dev-db-stop: venv
 
 ## make test: set up and run the whole suite on a throwaway PostgreSQL (or $TEST_DATABASE_URL)
 test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not faults" $(PYTEST_ARGS)
+
+## make test-faults: the fault-injection suite (tests/faults, several minutes; see RELIABILITY.md)
+test-faults: venv
+	$(PY) -m pytest -m faults tests/faults $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check service tests bench
