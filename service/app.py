@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 import psycopg
 import psycopg_pool
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -37,6 +38,24 @@ from service.responses import ORJSONResponse
 logger = logging.getLogger(__name__)
 
 SYNC_PATH = "/api/sync/{user_id}"
+
+
+class JSONCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, except that a refused preflight answers in the contract's JSON."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        headers = {
+            k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")
+        }
+        return ORJSONResponse(
+            {"error": bytes(response.body).decode()},
+            status_code=response.status_code,
+            headers=headers,
+        )
+
 
 _HTTP_MESSAGES = {404: "Not found", 405: "Method not allowed", 413: "Payload too large (max 1MB)"}
 
@@ -76,7 +95,7 @@ def create_app(settings: Settings) -> Starlette:
         Middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips),
         Middleware(AccessLogMiddleware),
         Middleware(
-            CORSMiddleware,
+            JSONCORSMiddleware,
             allow_origins=list(settings.cors_origins),
             allow_methods=["GET", "PUT", "POST", "DELETE"],
             allow_headers=["Content-Type", "If-Match", "If-None-Match"],
