@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # The database: $DATABASE_URL when set, else the local dev cluster (started on demand).
 DB_URL = $${DATABASE_URL:-$$($(PY) -m service.localpg start $(PGDATA_DEV))}
 
-.PHONY: venv dev serve migrate migrate-status psql sql backup restore test test-faults lint bench dev-db-stop clean
+.PHONY: venv dev serve migrate migrate-status psql sql backup restore test test-faults lint openapi bench dev-db-stop clean
 
 venv: $(VENV)/.installed
 
@@ -70,6 +70,11 @@ test-faults: venv
 lint: venv
 	$(VENV)/bin/ruff check service tests bench
 	$(VENV)/bin/ruff format --check service tests bench
+	$(PY) -m service.openapi --check
+
+## make openapi: regenerate openapi.json from service/openapi.py after a contract change
+openapi: venv
+	$(PY) -m service.openapi
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

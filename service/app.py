@@ -31,6 +31,7 @@ from service.db import (
     wait_for_database,
 )
 from service.errors import ServiceError, ServiceUnavailable, ValidationFailed
+from service.openapi import openapi_endpoint
 from service.periodic import running_every
 from service.ratelimit import RateLimiter
 from service.responses import ORJSONResponse
@@ -88,6 +89,7 @@ def create_app(settings: Settings) -> Starlette:
         Route(SYNC_PATH + "/verify", sync.SyncVerify, name="sync_verify"),
         Route("/health", health, methods=["GET"], name="health"),
         Route("/health/live", health_live, methods=["GET"], name="health_live"),
+        Route("/openapi.json", openapi_endpoint, methods=["GET"], name="openapi"),
     ]
     middleware = [
         # Behind a trusted proxy the client address comes from X-Forwarded-For, as uvicorn

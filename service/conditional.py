@@ -50,7 +50,7 @@ def parse_condition(headers: Headers, name: str) -> Condition | None:
     if not values:
         return None
     raw = ",".join(values)
-    if raw.strip() == "*":
+    if raw.strip(" \t") == "*":
         return Condition(any=True)
     tags: list[tuple[str, bool]] = []
     pos = 0
