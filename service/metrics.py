@@ -8,8 +8,10 @@ multiprocess mode adds up the workers' values (see `serve_metrics`).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import tempfile
 
 from prometheus_client import (
@@ -71,11 +73,13 @@ def observe_pool(pool: AsyncConnectionPool) -> None:
 def prepare_multiprocess(workers: int) -> None:
     """Before workers start: with more than one, give prometheus-client a shared folder.
 
-    Must run before any worker imports prometheus_client; the folder lives as long as the
-    machine's temp files and is emptied at every start.
+    Must run before any worker imports prometheus_client; a fresh folder per start (stale
+    files would add a previous run's counts), removed when this process exits.
     """
     if workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="logikids-metrics-")
+        folder = tempfile.mkdtemp(prefix="logikids-metrics-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
 
 
 def serve_metrics(*, host: str, port: int) -> None:
