@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 dev: venv
 	@set -e; url="$(DB_URL)"; \
 	DATABASE_URL="$$url" $(PY) -m service migrate; \
-	echo "Serving on http://$${HOST:-127.0.0.1}:$${PORT:-5175} (database $$url)"; \
+	echo "Serving on http://$${HOST:-127.0.0.1}:$${PORT:-5175}"; \
 	DATABASE_URL="$$url" exec $(PY) -m service serve
 
 migrate: venv

@@ -39,8 +39,10 @@ WITH incoming AS (
 written AS (
   INSERT INTO user_sync_data AS d
     (user_id, encrypted_blob, iv, timestamp, checksum, blob_size, created_at, last_accessed)
-  SELECT user_id, encrypted_blob, iv, timestamp, checksum, blob_size, created_at,
-         last_accessed
+  -- Dates in the future (a client's clock) are clamped to now: a lastAccessed in the
+  -- future would keep the record from ever being cleaned up.
+  SELECT user_id, encrypted_blob, iv, timestamp, checksum, blob_size,
+         least(created_at, now()), least(last_accessed, now())
   FROM incoming
   ON CONFLICT (user_id) DO UPDATE SET
     encrypted_blob = EXCLUDED.encrypted_blob,

@@ -25,3 +25,8 @@ INSERT INTO schema_migrations (version, sha256) VALUES (:version, :sha256);
 -- name: migrations_table_exists()$
 -- Lets `migrate --status` report on a fresh database without creating anything.
 SELECT to_regclass('schema_migrations') IS NOT NULL;
+
+-- name: seed_schema_present()$
+-- Whether user_sync_data exists: a database set up by the TypeScript service's
+-- docker-entrypoint-initdb.d has the seed schema (001) but no schema_migrations.
+SELECT to_regclass('user_sync_data') IS NOT NULL;

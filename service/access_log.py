@@ -15,6 +15,8 @@ from service.logs import user_hash
 
 logger = logging.getLogger("service.access")
 
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH"})
+
 
 class AccessLogMiddleware:
     """Logs method, route template, status, duration and user hash at INFO, and counts
@@ -44,8 +46,10 @@ class AccessLogMiddleware:
             user_id = scope.get("path_params", {}).get("user_id")
             elapsed = time.perf_counter() - started
             duration_ms = elapsed * 1000
-            metrics.REQUESTS.labels(scope["method"], template, str(status)).inc()
-            metrics.LATENCY.labels(scope["method"], template).observe(elapsed)
+            # Any token is a valid method: an unknown one must not grow the label set.
+            method = scope["method"] if scope["method"] in _KNOWN_METHODS else "OTHER"
+            metrics.REQUESTS.labels(method, template, str(status)).inc()
+            metrics.LATENCY.labels(method, template).observe(elapsed)
             logger.info(
                 "%s %s %d %.1fms%s",
                 scope["method"],

@@ -76,13 +76,13 @@ def create_app(settings: Settings) -> Starlette:
         pool = getattr(request.state, "pool", None)
         if pool is not None and not isinstance(exc, psycopg_pool.PoolTimeout):
             schedule_pool_check(pool)
-        return service_error(request, ServiceUnavailable(settings.retry_after))
+        return await service_error(request, ServiceUnavailable(settings.retry_after))
 
     async def integrity_error(request: Request, exc: Exception) -> Response:
         # The rules in service.payload mirror the CHECKs, so this is a bug worth an ERROR,
         # but the client still hears "your input was refused", never a 500.
         logger.error("PostgreSQL refused a payload the app accepted: %s", type(exc).__name__)
-        return service_error(request, ValidationFailed([]))
+        return await service_error(request, ValidationFailed([]))
 
     routes = [
         Route(SYNC_PATH, sync.SyncRecord, name="sync_record"),
@@ -140,20 +140,20 @@ async def health_live(request: Request) -> Response:
     return ORJSONResponse({"status": "ok"})
 
 
-def service_error(request: Request, exc: Exception) -> Response:
+async def service_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
     headers = {**sync.quota_headers(request), **exc.headers()}
     return ORJSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
-def http_error(request: Request, exc: Exception) -> Response:
+async def http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own 404/405 (and anything else it raises) in the contract's JSON shape."""
     assert isinstance(exc, HTTPException)
     message = _HTTP_MESSAGES.get(exc.status_code, exc.detail)
     return ORJSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
 
-def internal_error(request: Request, exc: Exception) -> Response:
+async def internal_error(request: Request, exc: Exception) -> Response:
     """A bug: log it whole, tell the client nothing about it."""
     logger.error("Unhandled error on %s %s", request.method, _route_of(request), exc_info=exc)
     return ORJSONResponse({"error": "Internal server error"}, status_code=500)
@@ -186,8 +186,6 @@ def _lifespan(settings: Settings):
             window_seconds=settings.rate_limit_window,
         )
         pool = create_pool(settings)
-        await pool.open(wait=True, timeout=settings.startup_timeout)
-        logger.info("Database pool open (min %d, max %d)", settings.pool_min, settings.pool_max)
 
         async def purge_counters() -> None:
             async with pool.connection() as conn:
@@ -202,8 +200,10 @@ def _lifespan(settings: Settings):
             async with pool.connection() as conn:
                 metrics.RECORDS.set(await queries.count_records(conn))
 
-        metrics.observe_pool(pool)
         try:
+            await pool.open(wait=True, timeout=settings.startup_timeout)
+            logger.info("Database pool open (min %d, max %d)", settings.pool_min, settings.pool_max)
+            metrics.observe_pool(pool)
             async with contextlib.AsyncExitStack() as jobs:
                 purge_every = min(settings.rate_limit_window, 600)
                 await jobs.enter_async_context(

@@ -126,7 +126,7 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
         proxy_headers=False,  # the app applies FORWARDED_ALLOW_IPS itself
         log_config=None,
         server_header=False,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout),
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout)),
     )
     return 0
 

@@ -6,6 +6,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
 
 class ConfigError(ValueError):
     """An environment variable holds a value the service cannot use."""
@@ -57,6 +60,14 @@ class Settings:
                 "DATABASE_URL is not set: give the libpq URL of the database "
                 "(`make dev` starts a local PostgreSQL and sets it for you)"
             )
+        try:
+            conninfo_to_dict(database_url)
+        except psycopg.ProgrammingError:
+            # libpq's message repeats the bad part, which may be the password.
+            raise ConfigError(
+                "DATABASE_URL is not a valid libpq URL or conninfo string "
+                "(value not shown: it may hold a password; percent-encode special characters)"
+            ) from None
         pool_min = _int(env, "DB_POOL_MIN", 1, minimum=0)
         pool_max = _int(env, "DB_POOL_MAX", 10, minimum=1)
         if pool_min > pool_max:

@@ -76,6 +76,14 @@ class RequestTimeout(ServiceError):
     message = "Request body not received in time"
 
 
+class ClientClosedRequest(ServiceError):
+    """The client went away mid-upload: nobody reads this answer, but logs and metrics
+    should say what happened (nginx's 499), not record a server error."""
+
+    status = 499
+    message = "Client closed request"
+
+
 class UnsupportedMediaType(ServiceError):
     """PUT bodies must be JSON."""
 

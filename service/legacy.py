@@ -21,6 +21,8 @@ holds) do.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sys
 import time
 import uuid
@@ -144,7 +146,7 @@ async def import_files(
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    batches = iter(_batches(names, batch_size))
+    batches = iter(_batches(directory, names, batch_size))
     first = next(batches, None)
     reading = asyncio.create_task(asyncio.to_thread(read_batch, directory, first or []))
     while True:
@@ -165,14 +167,24 @@ async def import_files(
             return
 
 
-def _batches(names: Sequence[str], size: int) -> Iterator[list[str]]:
-    """Slices of about `size` names; a cut never falls between names of one user id."""
+BATCH_BYTES = 64 * 1024 * 1024
+"""Cut a batch at this many bytes of files too: 1,000 files of near-1 MB blobs would make
+one statement over PostgreSQL's 1 GB message limit (and hold gigabytes in memory)."""
+
+
+def _batches(directory: str, names: Sequence[str], size: int) -> Iterator[list[str]]:
+    """Slices of at most about `size` names and BATCH_BYTES of files; a cut never falls
+    between names of one user id."""
     batch: list[str] = []
+    batch_bytes = 0
     for name in names:
-        if len(batch) >= size and name.lower() != batch[-1].lower():
+        full = len(batch) >= size or batch_bytes >= BATCH_BYTES
+        if full and name.lower() != batch[-1].lower():
             yield batch
-            batch = []
+            batch, batch_bytes = [], 0
         batch.append(name)
+        with contextlib.suppress(OSError):  # read_batch reports an unreadable file
+            batch_bytes += os.stat(os.path.join(directory, name)).st_size
     if batch:
         yield batch
 

@@ -14,6 +14,7 @@ Files are opened read-only and never written, renamed or deleted.
 from __future__ import annotations
 
 import os
+import stat
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -98,6 +99,8 @@ def read_record(path: str, name: str) -> LegacyRecord:
     except ValidationFailed:
         raise Rejected("file name is not <userId>.json with a UUID userId") from None
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise Rejected("not a regular file")  # a FIFO would block open() forever
         # Unbuffered: one read of the file's size, not a copy through a buffer.
         with open(path, "rb", buffering=0) as file:
             if os.fstat(file.fileno()).st_size > MAX_FILE_BYTES:

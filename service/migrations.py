@@ -107,6 +107,8 @@ async def migrate(conn: psycopg.AsyncConnection, directory: Path = MIGRATIONS_DI
         applied = {
             version: sha256.strip() async for version, sha256, _ in queries.applied_migrations(conn)
         }
+        if not applied and await queries.seed_schema_present(conn):
+            applied = await _adopt_seed_schema(conn, migrations)
         _refuse_changed(migrations, applied)
         done: list[str] = []
         for migration in migrations:
@@ -127,6 +129,22 @@ async def migrate(conn: psycopg.AsyncConnection, directory: Path = MIGRATIONS_DI
         return done
     finally:
         await queries.unlock_migrations(conn, lock_key=LOCK_KEY)
+
+
+SEED_VERSION = "001_init"
+
+
+async def _adopt_seed_schema(
+    conn: psycopg.AsyncConnection, migrations: list[Migration]
+) -> dict[str, str]:
+    """Record 001 as applied on a database the seed's initdb script built, so upgrading
+    it needs no wiped volume (DESIGN §3); the later migrations then apply as usual."""
+    seed = next((m for m in migrations if m.version == SEED_VERSION), None)
+    if seed is None:
+        return {}
+    await queries.record_migration(conn, version=seed.version, sha256=seed.sha256)
+    logger.info("Adopted the existing seed schema (user_sync_data) as %s", seed.version)
+    return {seed.version: seed.sha256}
 
 
 def _refuse_changed(migrations: list[Migration], applied: dict[str, str]) -> None:

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
 from service import QUERIES_DIR
 from service.config import Settings
 
@@ -177,11 +179,26 @@ def _meta_quote(value: str) -> str:
 
 
 def psql_command(psql: str, database_url: str, values: Mapping[str, str]) -> list[str]:
-    """psql reading the statement from stdin, stopping (status 3) at the first error."""
+    """psql reading the statement from stdin, stopping (status 3) at the first error.
+
+    The password is not on the command line (`ps` shows that to every local user): see
+    `psql_env`, which passes it as PGPASSWORD.
+    """
     cmd = [psql, "--no-psqlrc", "--set", "ON_ERROR_STOP=1"]
     for name, value in values.items():
         cmd += ["--set", f"{name}={value}"]
-    return [*cmd, "--dbname", database_url, "--file", "-"]
+    params = conninfo_to_dict(database_url)
+    params.pop("password", None)
+    return [*cmd, "--dbname", make_conninfo(**params), "--file", "-"]
+
+
+def psql_env(database_url: str, application_name: str) -> dict[str, str]:
+    """psql's environment: the URL's password as PGPASSWORD, a recognisable session name."""
+    env = {"PGAPPNAME": f"{application_name}-sql", **os.environ}
+    password = conninfo_to_dict(database_url).get("password")
+    if password:
+        env["PGPASSWORD"] = str(password)
+    return env
 
 
 def find_psql() -> str | None:
@@ -252,7 +269,7 @@ def run_sql_command(
     nulls = {n for n, value in values.items() if value == NULL}
     sys.stdout.flush()
     # How the session shows in pg_stat_activity, unless the URL or environment says.
-    env = {"PGAPPNAME": f"{settings.application_name}-sql", **os.environ}
+    env = psql_env(settings.database_url, settings.application_name)
     result = subprocess.run(
         psql_command(psql, settings.database_url, values),
         input=query.for_psql(nulls).encode("utf-8"),

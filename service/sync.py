@@ -9,13 +9,19 @@ from contextlib import asynccontextmanager
 
 import psycopg
 from starlette.endpoints import HTTPEndpoint
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from service.conditional import PreconditionFailed, parse_condition
 from service.conditional import etag as etag_header
 from service.db import queries
-from service.errors import PayloadTooLarge, RecordNotFound, RequestTimeout, UnsupportedMediaType
+from service.errors import (
+    ClientClosedRequest,
+    PayloadTooLarge,
+    RecordNotFound,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
 from service.payload import MAX_BODY_BYTES, parse_json_body, parse_user_id, validate_payload
 from service.responses import ORJSONResponse
 
@@ -61,9 +67,9 @@ class SyncRecord(HTTPEndpoint):
                 )
             else:
                 row = (True, await queries.store_record(conn, **fields))
-        stored, version = row if row is not None else (False, None)
-        if not stored:
-            raise PreconditionFailed(version)
+            stored, version = row if row is not None else (False, None)
+            if not stored:
+                raise PreconditionFailed(await _current_version(conn, user_id))
         return respond(request, SUCCESS, etag=version)
 
     async def get(self, request: Request) -> Response:
@@ -104,9 +110,8 @@ class SyncRecord(HTTPEndpoint):
                 user_id=user_id,
                 versions=None if if_match.any else if_match.versions(weak_ok=False),
             )
-        erased, version = row if row is not None else (False, None)
-        if not erased:
-            raise PreconditionFailed(version)
+            if row is None or not row[0]:
+                raise PreconditionFailed(await _current_version(conn, user_id))
         return respond(request, SUCCESS)
 
 
@@ -135,6 +140,13 @@ async def admitted(request: Request, user_id: uuid.UUID) -> AsyncIterator[psycop
             conn, user_id=user_id, client_ip=client
         )
         yield conn
+
+
+async def _current_version(conn: psycopg.AsyncConnection, user_id: uuid.UUID) -> uuid.UUID | None:
+    """The record's version for a 412, read afresh: the failed statement's snapshot may
+    predate the write that made the precondition fail, and the client needs the ETag
+    that is current now to retry. Only failed preconditions pay this extra statement."""
+    return await queries.record_version(conn, user_id=user_id)
 
 
 def respond(request: Request, content: object, *, etag: uuid.UUID | None = None) -> Response:
@@ -181,4 +193,6 @@ async def read_body(request: Request, limit: int, *, within: float) -> bytes:
                 chunks.append(chunk)
     except TimeoutError:
         raise RequestTimeout() from None
+    except ClientDisconnect:
+        raise ClientClosedRequest() from None
     return b"".join(chunks)

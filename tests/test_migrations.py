@@ -431,3 +431,15 @@ def test_cli_runners_started_at_the_same_moment_all_succeed(empty_url, conn):
         assert process.returncode == 0, stderr
     assert sorted(applied_by_cli_outputs([stdout for stdout, _ in results])) == EXPECTED_VERSIONS
     assert set(recorded(conn)) == set(EXPECTED_VERSIONS)
+
+
+def test_a_database_built_by_the_seeds_initdb_script_is_adopted_and_upgraded(empty_url, conn):
+    """The TypeScript deployment ran 001_init.sql through docker-entrypoint-initdb.d: the
+    table exists, schema_migrations does not. Upgrading must keep its rows, not fail."""
+    conn.execute((MIGRATIONS_DIR / "001_init.sql").read_bytes())
+    test_queries.insert_seed_row(conn, user_id="550e8400-e29b-41d4-a716-446655440000")
+
+    assert apply(empty_url) == EXPECTED_VERSIONS[1:]
+    assert recorded(conn)["001_init"] == sha256_of(MIGRATIONS_DIR / "001_init.sql")
+    assert test_queries.count_records(conn) == 1
+    assert apply(empty_url) == []

@@ -41,3 +41,8 @@ CREATE TABLE idx_last_accessed (occupied BOOLEAN);
 
 -- name: server_version()$
 SELECT current_setting('server_version');
+
+-- name: insert_seed_row(user_id)!
+-- A row as the TypeScript service stored it (the seed's columns only).
+INSERT INTO user_sync_data (user_id, encrypted_blob, iv, timestamp, checksum, blob_size)
+VALUES (:user_id, 'QQ==', 'MTIzNDU2Nzg5MGFi', 1, repeat('a', 64), 1);
