@@ -1,0 +1,80 @@
+"""Inputs that must never become a 500 or leak a secret: a client that hangs up mid-upload,
+a trickling body, and a DATABASE_URL libpq cannot parse."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from service.config import ConfigError, Settings
+from tests.conftest import new_user_id
+
+
+def _put_scope(client) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "PUT",
+        "scheme": "http",
+        "path": f"/api/sync/{new_user_id()}",
+        "raw_path": b"/api/sync/x",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+        "state": dict(client.app_state),
+    }
+
+
+def _drive(client, scope, receive) -> int:
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    client.portal.call(client.app, scope, receive, send)
+    return next(m for m in sent if m["type"] == "http.response.start")["status"]
+
+
+def test_a_client_hanging_up_mid_upload_is_499_not_a_server_error(client, caplog):
+    messages = iter([{"type": "http.request", "body": b'{"encryptedBlob": "QQ', "more_body": True}])
+
+    async def receive() -> dict[str, Any]:
+        return next(messages, {"type": "http.disconnect"})
+
+    assert _drive(client, _put_scope(client), receive) == 499
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_a_body_trickling_past_the_body_timeout_is_408(settings):
+    from starlette.testclient import TestClient
+
+    from service.app import create_app
+
+    with TestClient(create_app(settings.with_changes(body_timeout=0.3))) as client:
+
+        async def receive() -> dict[str, Any]:
+            import anyio
+
+            await anyio.sleep(0.2)
+            return {"type": "http.request", "body": b" ", "more_body": True}
+
+        assert _drive(client, _put_scope(client), receive) == 408
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:s3cr%zzet@127.0.0.1:1/db",
+        "postgresql://u:s3cret@[::1/db",
+        "host=127.0.0.1 password='s3cret",
+    ],
+)
+def test_an_unparsable_database_url_is_refused_without_showing_the_password(url):
+    with pytest.raises(ConfigError) as refused:
+        Settings.from_env({"DATABASE_URL": url})
+    assert "DATABASE_URL" in str(refused.value)
+    assert "s3cr" not in str(refused.value)
