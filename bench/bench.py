@@ -17,13 +17,10 @@ import base64
 import contextlib
 import hashlib
 import os
-import pwd
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,7 +28,7 @@ from pathlib import Path
 
 import httpx2
 
-from service.localpg import LocalCluster, free_port
+from service.localpg import free_port, throwaway_cluster
 
 VARIANTS: dict[str, dict[str, str]] = {
     "limiter off": {"RATE_LIMIT_PER_HOUR": "0"},
@@ -56,19 +53,10 @@ def database() -> Iterator[str]:
     if given:
         yield given
         return
-    workdir = Path(tempfile.mkdtemp(prefix="logikids-bench-pg-"))
-    if os.geteuid() == 0:
-        entry = pwd.getpwnam("postgres")
-        os.chown(workdir, entry.pw_uid, entry.pw_gid)
-    cluster = LocalCluster(workdir / "data")
-    cluster.init()
-    cluster.start()
-    try:
+    # Durable settings (fsync on), like production: commits cost what they really cost.
+    with throwaway_cluster("logikids-bench-pg-", fast_and_unsafe=False) as cluster:
         cluster.ensure_database()
         yield cluster.url()
-    finally:
-        cluster.stop(mode="fast")
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @contextlib.contextmanager

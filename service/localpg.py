@@ -11,13 +11,16 @@ every server command runs through `runuser`. Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pwd
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 DATABASE = "logikids"
@@ -143,6 +146,29 @@ class LocalCluster:
             return int(pidfile.read_text().splitlines()[0])
         except (OSError, ValueError, IndexError):
             return None
+
+
+@contextlib.contextmanager
+def throwaway_cluster(
+    prefix: str = "logikids-pg-", *, start: bool = True, fast_and_unsafe: bool = True
+) -> Iterator[LocalCluster]:
+    """An initialised cluster in a fresh temp folder (started unless `start=False`),
+    stopped and deleted afterwards. As root the folder is handed to `postgres`, which
+    must be able to reach it: a mkdtemp folder under /tmp is, a checkout under /root
+    would not be."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam("postgres")
+        os.chown(workdir, entry.pw_uid, entry.pw_gid)
+    cluster = LocalCluster(workdir / "data")
+    try:
+        cluster.init()
+        if start:
+            cluster.start(fast_and_unsafe=fast_and_unsafe)
+        yield cluster
+    finally:
+        cluster.stop(mode="immediate")
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,10 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import pwd
-import shutil
 import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +27,7 @@ from starlette.testclient import TestClient
 from service import migrations
 from service.app import create_app
 from service.config import Settings
-from service.localpg import LocalCluster, bindir
+from service.localpg import LocalCluster, bindir, throwaway_cluster
 
 TEMPLATE = "logikids_test_template"
 
@@ -79,18 +76,8 @@ def pg_server() -> Iterator[Server]:
     if given:
         yield Server(base_url=given)
         return
-    workdir = Path(tempfile.mkdtemp(prefix="logikids-test-pg-"))
-    if os.geteuid() == 0:
-        entry = pwd.getpwnam("postgres")
-        os.chown(workdir, entry.pw_uid, entry.pw_gid)
-    cluster = LocalCluster(workdir / "data")
-    cluster.init()
-    cluster.start(fast_and_unsafe=True)
-    try:
+    with throwaway_cluster("logikids-test-pg-") as cluster:
         yield Server(base_url=cluster.url("postgres"), cluster=cluster)
-    finally:
-        cluster.stop(mode="immediate")
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

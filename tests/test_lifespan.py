@@ -8,12 +8,9 @@ killed at teardown, whatever happened.
 from __future__ import annotations
 
 import os
-import pwd
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -27,7 +24,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from service import PROJECT_ROOT
-from service.localpg import LocalCluster, free_port
+from service.localpg import free_port, throwaway_cluster
 from tests.conftest import new_user_id, test_queries
 from tests.test_smoke import PAYLOAD
 
@@ -177,32 +174,24 @@ def test_unreachable_postgres_stops_start_up_with_a_clear_message_and_no_passwor
 
 
 def test_start_up_waits_for_a_postgres_that_comes_up_late(launch):
-    workdir = Path(tempfile.mkdtemp(prefix="logikids-late-pg-"))
-    if os.geteuid() == 0:
-        entry = pwd.getpwnam("postgres")
-        os.chown(workdir, entry.pw_uid, entry.pw_gid)
-    cluster = LocalCluster(workdir / "data")
-    service: Service | None = None
-    try:
-        cluster.init()
+    with throwaway_cluster("logikids-late-pg-", start=False) as cluster:
         service = launch(cluster.url("postgres"), STARTUP_TIMEOUT="30")
-        time.sleep(2)
-        assert service.process.poll() is None, service.logs()
-        cluster.start(fast_and_unsafe=True)
+        try:
+            time.sleep(2)
+            assert service.process.poll() is None, service.logs()
+            cluster.start(fast_and_unsafe=True)
 
-        service.wait_until_live()
+            service.wait_until_live()
 
-        logs = service.logs()
-        assert "not reachable yet" in logs, logs
-        assert "connection successful" in logs.lower(), logs
-        assert httpx2.get(f"{service.base_url}/health", timeout=10).status_code == 200
-        store_and_fetch_a_record(service)
-    finally:
-        if service is not None and service.process.poll() is None:
-            service.process.kill()
-            service.process.wait(timeout=30)
-        cluster.stop(mode="immediate")
-        shutil.rmtree(workdir, ignore_errors=True)
+            logs = service.logs()
+            assert "not reachable yet" in logs, logs
+            assert "connection successful" in logs.lower(), logs
+            assert httpx2.get(f"{service.base_url}/health", timeout=10).status_code == 200
+            store_and_fetch_a_record(service)
+        finally:
+            if service.process.poll() is None:
+                service.process.kill()
+                service.process.wait(timeout=30)
 
 
 # --- a healthy start-up -----------------------------------------------------------------
