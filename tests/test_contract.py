@@ -22,6 +22,7 @@ from starlette.testclient import TestClient
 from service.app import create_app
 from service.config import Settings
 from service.payload import MAX_BLOB_BYTES, MAX_BODY_BYTES
+from tests.asgi import call_app, put_scope
 from tests.conftest import Server, new_user_id, test_queries
 
 contract_queries: Any = aiosql.from_path(Path(__file__).parent / "sql" / "contract.sql", "psycopg")
@@ -452,7 +453,6 @@ def test_put_body_streaming_past_the_limit_is_refused_before_it_is_read_whole(cl
     offered = 4 * MAX_BODY_BYTES // chunk_size
     pulled = 0
     read = 0
-    sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
         nonlocal pulled, read
@@ -461,26 +461,7 @@ def test_put_body_streaming_past_the_limit_is_refused_before_it_is_read_whole(cl
         read += len(body)
         return {"type": "http.request", "body": body, "more_body": pulled < offered}
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "PUT",
-        "scheme": "http",
-        "path": f"/api/sync/{new_user_id()}",
-        "raw_path": b"/api/sync/x",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-        "state": dict(client.app_state),
-    }
-
-    client.portal.call(client.app, scope, receive, send)
+    sent = call_app(client, put_scope(client, f"/api/sync/{new_user_id()}"), receive)
 
     start = next(m for m in sent if m["type"] == "http.response.start")
     assert start["status"] == 413

@@ -8,35 +8,8 @@ from typing import Any
 import pytest
 
 from service.config import ConfigError, Settings
+from tests.asgi import call_app, put_scope, status_of
 from tests.conftest import new_user_id
-
-
-def _put_scope(client) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "PUT",
-        "scheme": "http",
-        "path": f"/api/sync/{new_user_id()}",
-        "raw_path": b"/api/sync/x",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-        "state": dict(client.app_state),
-    }
-
-
-def _drive(client, scope, receive) -> int:
-    sent: list[dict[str, Any]] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    client.portal.call(client.app, scope, receive, send)
-    return next(m for m in sent if m["type"] == "http.response.start")["status"]
 
 
 def test_a_client_hanging_up_mid_upload_is_499_not_a_server_error(client, caplog):
@@ -45,7 +18,9 @@ def test_a_client_hanging_up_mid_upload_is_499_not_a_server_error(client, caplog
     async def receive() -> dict[str, Any]:
         return next(messages, {"type": "http.disconnect"})
 
-    assert _drive(client, _put_scope(client), receive) == 499
+    assert (
+        status_of(call_app(client, put_scope(client, f"/api/sync/{new_user_id()}"), receive)) == 499
+    )
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
 
 
@@ -62,7 +37,10 @@ def test_a_body_trickling_past_the_body_timeout_is_408(settings):
             await anyio.sleep(0.2)
             return {"type": "http.request", "body": b" ", "more_body": True}
 
-        assert _drive(client, _put_scope(client), receive) == 408
+        assert (
+            status_of(call_app(client, put_scope(client, f"/api/sync/{new_user_id()}"), receive))
+            == 408
+        )
 
 
 @pytest.mark.parametrize(
