@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -223,7 +224,12 @@ def _lifespan(settings: Settings):
                             first_after=min(settings.cleanup_interval, 60),
                         )
                     )
-                yield {"pool": pool, "limiter": limiter, "settings": settings}
+                yield {
+                    "pool": pool,
+                    "limiter": limiter,
+                    "settings": settings,
+                    "upload_slots": asyncio.Semaphore(settings.upload_slots),
+                }
         finally:
             await pool.close()
             logger.info("Database pool closed")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 
@@ -94,8 +93,6 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     """Run uvicorn; each worker builds its app (and pool) from the environment."""
     import os
 
-    import uvicorn
-
     settings = settings.with_changes(
         host=args.host or settings.host,
         port=args.port if args.port is not None else settings.port,
@@ -110,29 +107,18 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
 
         prepare_multiprocess(settings.workers)
         serve_metrics(host=settings.metrics_host, port=settings.metrics_port)
-    # uvicorn finishes a graceful shutdown on SIGTERM, then re-raises the signal it caught;
-    # this handler (which uvicorn restores before re-raising) turns that into exit status 0.
-    signal.signal(signal.SIGTERM, _exit_after_graceful_shutdown)
-    # uvicorn.run exits with status 3 when start-up fails (PostgreSQL unreachable within
-    # STARTUP_TIMEOUT, an edited migration), after our lifespan logged the reason.
-    uvicorn.run(
-        "service.app:app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        lifespan="on",
-        access_log=False,
-        proxy_headers=False,  # the app applies FORWARDED_ALLOW_IPS itself
-        log_config=None,
-        server_header=False,
-        timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout)),
-    )
-    return 0
+    # Wait for PostgreSQL here, once, before any worker starts: an unreachable database
+    # is then one clear line and exit status 3, whatever the number of workers.
+    from service.db import DatabaseUnreachable, wait_for_database
 
+    try:
+        asyncio.run(wait_for_database(settings))
+    except DatabaseUnreachable as exc:
+        logger.error("Cannot start: %s", exc)
+        return 3
+    from service.server import run_server
 
-def _exit_after_graceful_shutdown(signum: int, frame: object) -> None:
-    raise SystemExit(0)
+    return run_server(settings)
 
 
 async def migrate(settings: Settings, *, status_only: bool) -> int:

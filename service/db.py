@@ -93,9 +93,11 @@ def create_pool(settings: Settings) -> AsyncConnectionPool:
         max_size=settings.pool_max,
         timeout=settings.pool_timeout,
         max_waiting=settings.pool_max_waiting,
-        # Retry connecting for as long as PostgreSQL is away, however long: a sync service
-        # must come back by itself once its database does.
-        reconnect_timeout=24 * 3600,
+        # A reconnect attempt that has failed for this long is dropped, and the next request
+        # that needs a connection starts a fresh one at once: without this, psycopg_pool's
+        # backoff (1, 3, 7, 15, 31 s...) delays recovery after a long outage by up to as
+        # long again. The pool never gives up for good: requests keep asking.
+        reconnect_timeout=max(settings.pool_timeout, 5.0),
         kwargs=connection_kwargs(settings),
         name="logikids-sync",
         open=False,

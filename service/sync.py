@@ -20,9 +20,16 @@ from service.errors import (
     PayloadTooLarge,
     RecordNotFound,
     RequestTimeout,
+    ServiceUnavailable,
     UnsupportedMediaType,
 )
-from service.payload import MAX_BODY_BYTES, parse_json_body, parse_user_id, validate_payload
+from service.payload import (
+    MAX_BODY_BYTES,
+    SyncPayload,
+    parse_json_body,
+    parse_user_id,
+    validate_payload,
+)
 from service.responses import ORJSONResponse
 
 SUCCESS = {"success": True}
@@ -38,8 +45,7 @@ class SyncRecord(HTTPEndpoint):
         if_match = parse_condition(request.headers, "If-Match")
         if_none_match = parse_condition(request.headers, "If-None-Match")
         _require_json(request)
-        body = await read_body(request, MAX_BODY_BYTES, within=request.state.settings.body_timeout)
-        payload = validate_payload(parse_json_body(body))
+        payload = await _read_payload(request)
         fields = {
             "user_id": user_id,
             "encrypted_blob": payload.encrypted_blob,
@@ -160,6 +166,21 @@ def respond(request: Request, content: object, *, etag: uuid.UUID | None = None)
 def quota_headers(request: Request) -> dict[str, str]:
     quota = getattr(request.state, "quota", None)
     return quota.headers() if quota is not None else {}
+
+
+async def _read_payload(request: Request) -> SyncPayload:
+    """Read and check a PUT body in one of the process's upload slots.
+
+    A near-limit PUT holds about 2.8 MB (body, parsed JSON, decoded blob) until it is
+    stored; the slots bound how many do so at once, so a burst of large uploads gets 503s
+    instead of growing memory without limit.
+    """
+    slots: asyncio.Semaphore = request.state.upload_slots
+    if slots.locked():
+        raise ServiceUnavailable(request.state.settings.retry_after)
+    async with slots:
+        body = await read_body(request, MAX_BODY_BYTES, within=request.state.settings.body_timeout)
+        return validate_payload(parse_json_body(body))
 
 
 def _require_json(request: Request) -> None:

@@ -56,3 +56,36 @@ def test_an_unparsable_database_url_is_refused_without_showing_the_password(url)
         Settings.from_env({"DATABASE_URL": url})
     assert "DATABASE_URL" in str(refused.value)
     assert "s3cr" not in str(refused.value)
+
+
+def test_a_put_finding_every_upload_slot_busy_is_503_and_the_slot_frees(settings):
+    import json
+
+    import anyio
+    from starlette.testclient import TestClient
+
+    from service.app import create_app
+    from tests.test_smoke import PAYLOAD
+
+    with TestClient(create_app(settings.with_changes(upload_slots=1))) as client:
+        chunks = iter([json.dumps(PAYLOAD).encode()])
+
+        async def slow_receive() -> dict[str, Any]:
+            await anyio.sleep(1.0)
+            body = next(chunks, b"")
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = put_scope(client, f"/api/sync/{new_user_id()}")
+        slow = client.portal.start_task_soon(client.app, scope, slow_receive, send)
+        busy = client.put(f"/api/sync/{new_user_id()}", json=PAYLOAD)
+        assert busy.status_code == 503
+        assert busy.json() == {"error": "Service unavailable"}
+        assert "Retry-After" in busy.headers
+        slow.result(timeout=10)
+        assert status_of(sent) == 200
+        assert client.put(f"/api/sync/{new_user_id()}", json=PAYLOAD).status_code == 200
