@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from service import metrics, migrations, sync
 from service.access_log import AccessLogMiddleware
+from service.bodies import UploadBudget
 from service.cleanup import scheduled_cleanup
 from service.config import Settings
 from service.db import (
@@ -228,7 +228,7 @@ def _lifespan(settings: Settings):
                     "pool": pool,
                     "limiter": limiter,
                     "settings": settings,
-                    "upload_slots": asyncio.Semaphore(settings.upload_slots),
+                    "upload_budget": UploadBudget(settings.upload_buffer_mb * 1024 * 1024),
                 }
         finally:
             await pool.close()

@@ -29,7 +29,7 @@ class Settings:
     statement_timeout_ms: int = 10_000
     prepare_threshold: int | None = 5
     body_timeout: float = 30.0
-    upload_slots: int = 32
+    upload_buffer_mb: int = 100
     startup_timeout: float = 30.0
     shutdown_timeout: float = 25.0
     retry_after: int = 5
@@ -92,7 +92,7 @@ class Settings:
             statement_timeout_ms=_int(env, "DB_STATEMENT_TIMEOUT_MS", 10_000, minimum=0),
             prepare_threshold=_prepare_threshold(env),
             body_timeout=_float(env, "REQUEST_BODY_TIMEOUT", 30.0),
-            upload_slots=_int(env, "UPLOAD_SLOTS", 32, minimum=1),
+            upload_buffer_mb=_int(env, "UPLOAD_BUFFER_MB", 100, minimum=4),
             startup_timeout=_float(env, "STARTUP_TIMEOUT", 30.0),
             shutdown_timeout=_float(env, "SHUTDOWN_TIMEOUT", 25.0),
             retry_after=_int(env, "RETRY_AFTER", 5, minimum=1),

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import psycopg
 from starlette.endpoints import HTTPEndpoint
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
-from service.conditional import PreconditionFailed, parse_condition
+from service.bodies import UploadBudgetExhausted, read_body
+from service.conditional import Condition, PreconditionFailed, parse_condition
 from service.conditional import etag as etag_header
 from service.db import queries
 from service.errors import (
-    ClientClosedRequest,
-    PayloadTooLarge,
     RecordNotFound,
-    RequestTimeout,
     ServiceUnavailable,
     UnsupportedMediaType,
 )
@@ -45,7 +42,27 @@ class SyncRecord(HTTPEndpoint):
         if_match = parse_condition(request.headers, "If-Match")
         if_none_match = parse_condition(request.headers, "If-None-Match")
         _require_json(request)
-        payload = await _read_payload(request)
+        settings = request.state.settings
+        # The reservation lasts until the record is stored: the payload is held till then.
+        with request.state.upload_budget.reservation() as reservation:
+            try:
+                body = await read_body(
+                    request, MAX_BODY_BYTES, within=settings.body_timeout, reservation=reservation
+                )
+            except UploadBudgetExhausted:
+                raise ServiceUnavailable(settings.retry_after) from None
+            payload = validate_payload(parse_json_body(body))
+            return await self._store(request, user_id, payload, if_match, if_none_match)
+
+    async def _store(
+        self,
+        request: Request,
+        user_id: uuid.UUID,
+        payload: SyncPayload,
+        if_match: Condition | None,
+        if_none_match: Condition | None,
+    ) -> Response:
+        """Store a valid payload with the statement its conditional headers call for."""
         fields = {
             "user_id": user_id,
             "encrypted_blob": payload.encrypted_blob,
@@ -168,52 +185,7 @@ def quota_headers(request: Request) -> dict[str, str]:
     return quota.headers() if quota is not None else {}
 
 
-async def _read_payload(request: Request) -> SyncPayload:
-    """Read and check a PUT body in one of the process's upload slots.
-
-    A near-limit PUT holds about 2.8 MB (body, parsed JSON, decoded blob) until it is
-    stored; the slots bound how many do so at once, so a burst of large uploads gets 503s
-    instead of growing memory without limit.
-    """
-    slots: asyncio.Semaphore = request.state.upload_slots
-    if slots.locked():
-        raise ServiceUnavailable(request.state.settings.retry_after)
-    async with slots:
-        body = await read_body(request, MAX_BODY_BYTES, within=request.state.settings.body_timeout)
-        return validate_payload(parse_json_body(body))
-
-
 def _require_json(request: Request) -> None:
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type != "application/json":
         raise UnsupportedMediaType()
-
-
-async def read_body(request: Request, limit: int, *, within: float) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed `limit`, and
-    with 408 when it has not fully arrived within `within` seconds.
-
-    The body is read before a database connection is taken, so a slow client never holds
-    one.
-
-    A declared Content-Length over the limit is refused before reading a byte; a body
-    that streams past the limit (chunked, or lying about its length) is refused at the
-    chunk that crosses it, so an oversized body is never held in memory whole.
-    """
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge()
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async with asyncio.timeout(within):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge()
-                chunks.append(chunk)
-    except TimeoutError:
-        raise RequestTimeout() from None
-    except ClientDisconnect:
-        raise ClientClosedRequest() from None
-    return b"".join(chunks)

@@ -58,8 +58,11 @@ def test_an_unparsable_database_url_is_refused_without_showing_the_password(url)
     assert "s3cr" not in str(refused.value)
 
 
-def test_a_put_finding_every_upload_slot_busy_is_503_and_the_slot_frees(settings):
-    import json
+def test_a_put_beyond_the_upload_memory_budget_is_503_and_the_budget_frees(settings):
+    """Bodies in progress may hold UPLOAD_BUFFER_MB of memory (2 bytes per body byte):
+    with 4 MB, one declared 1.4 MB body in progress leaves no room for a second one."""
+    import base64
+    import hashlib
 
     import anyio
     from starlette.testclient import TestClient
@@ -67,13 +70,18 @@ def test_a_put_finding_every_upload_slot_busy_is_503_and_the_slot_frees(settings
     from service.app import create_app
     from tests.test_smoke import PAYLOAD
 
-    with TestClient(create_app(settings.with_changes(upload_slots=1))) as client:
-        chunks = iter([json.dumps(PAYLOAD).encode()])
+    blob = bytes(1_000_000)
+    big = {
+        **PAYLOAD,
+        "encryptedBlob": base64.b64encode(blob).decode(),
+        "checksum": hashlib.sha256(blob).hexdigest(),
+    }
+    with TestClient(create_app(settings.with_changes(upload_buffer_mb=4))) as client:
+        pending = iter([b"x" * 1_400_000])
 
         async def slow_receive() -> dict[str, Any]:
             await anyio.sleep(1.0)
-            body = next(chunks, b"")
-            return {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.request", "body": next(pending, b""), "more_body": False}
 
         sent: list[dict[str, Any]] = []
 
@@ -81,11 +89,14 @@ def test_a_put_finding_every_upload_slot_busy_is_503_and_the_slot_frees(settings
             sent.append(message)
 
         scope = put_scope(client, f"/api/sync/{new_user_id()}")
+        scope["headers"].append((b"content-length", b"1400000"))
         slow = client.portal.start_task_soon(client.app, scope, slow_receive, send)
-        busy = client.put(f"/api/sync/{new_user_id()}", json=PAYLOAD)
+        busy = client.put(f"/api/sync/{new_user_id()}", json=big)
         assert busy.status_code == 503
         assert busy.json() == {"error": "Service unavailable"}
         assert "Retry-After" in busy.headers
+        small = client.put(f"/api/sync/{new_user_id()}", json=PAYLOAD)
+        assert small.status_code == 200  # a small body still fits beside it
         slow.result(timeout=10)
-        assert status_of(sent) == 200
-        assert client.put(f"/api/sync/{new_user_id()}", json=PAYLOAD).status_code == 200
+        assert status_of(sent) == 400  # its junk body, read to the end, is not JSON
+        assert client.put(f"/api/sync/{new_user_id()}", json=big).status_code == 200

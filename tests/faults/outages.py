@@ -81,9 +81,12 @@ async def outages_under_load(
                 restarting = time.monotonic()
                 up = await asyncio.to_thread(bring_up)
                 healthy, stored = await wait_until_serving(probe, ledger, within=90)
-                # Answered while the database was certainly down (the pool may reconnect
-                # before pg_ctl notices the server is up, so not up to `up`).
-                during = [o for o in ledger.outcomes if down <= o.ended <= restarting]
+                # Sent and answered while the database was certainly down (the pool may
+                # reconnect before pg_ctl notices the server is up, so not up to `up`; and
+                # a request sent before the kill may have been answered from before it).
+                during = [
+                    o for o in ledger.outcomes if down <= o.started and o.ended <= restarting
+                ]
                 inside_outages += during
                 first_load_200 = min(
                     (o.ended for o in ledger.outcomes if o.started >= up and o.status == 200),
