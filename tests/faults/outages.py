@@ -81,11 +81,14 @@ async def outages_under_load(
                 restarting = time.monotonic()
                 up = await asyncio.to_thread(bring_up)
                 healthy, stored = await wait_until_serving(probe, ledger, within=90)
-                # Sent and answered while the database was certainly down (the pool may
-                # reconnect before pg_ctl notices the server is up, so not up to `up`; and
-                # a request sent before the kill may have been answered from before it).
+                # Answered while the database was certainly down (the pool may reconnect
+                # before pg_ctl notices the server is up, so not up to `up`), leaving out
+                # a 200 for a request sent before the kill had finished: its statement may
+                # have completed just before the kill, and its answer arrived just after.
                 during = [
-                    o for o in ledger.outcomes if down <= o.started and o.ended <= restarting
+                    o
+                    for o in ledger.outcomes
+                    if down <= o.ended <= restarting and not (o.status == 200 and o.started < down)
                 ]
                 inside_outages += during
                 first_load_200 = min(
