@@ -7,15 +7,10 @@ killed at teardown, whatever happened.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
@@ -23,106 +18,32 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from service import PROJECT_ROOT
 from service.localpg import free_port, throwaway_cluster
 from tests.conftest import new_user_id, test_queries
+from tests.processes import READY_WITHIN, Launcher, Service
 from tests.test_smoke import PAYLOAD
 
 pytestmark = pytest.mark.slow
 
-READY_WITHIN = 60
-"""Seconds a healthy start-up may take before the test gives up (never a timing claim)."""
 SHUTDOWN_TIMEOUT = 5
 PASSWORD = "s3cret"
-
-
-@dataclass
-class Service:
-    """One `python -m service serve` process and where its output goes."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    application_name: str
-    log_path: Path
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def logs(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def wait_until_live(self, timeout: float = READY_WITHIN) -> None:
-        """Poll /health/live until it answers; fail at once if the process exits."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                pytest.fail(f"service exited with {self.process.returncode}:\n{self.logs()}")
-            try:
-                if httpx2.get(f"{self.base_url}/health/live", timeout=2).status_code == 200:
-                    return
-            except httpx2.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"service not live after {timeout}s:\n{self.logs()}")
-            time.sleep(0.1)
-
-    def wait_for_exit(self, timeout: float) -> int:
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"service still running after {timeout}s:\n{self.logs()}")
-
-
-Launcher = Callable[..., Service]
-
-
-def _default_signal_dispositions() -> None:
-    """Undo an inherited 'ignore SIGINT' (shells do that to background jobs), so the
-    service meets SIGINT as it does in a terminal, wherever the test suite runs."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture
 def launch(tmp_path: Path) -> Iterator[Launcher]:
     """Start the service through its CLI; kills whatever is still running at teardown."""
-    started: list[Service] = []
-
-    def start(database_url: str, **env: str) -> Service:
-        port = free_port()
-        application_name = f"lifespan-{uuid.uuid4().hex[:12]}"
-        log_path = tmp_path / f"service-{len(started)}.log"
-        environ = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "DB_APPLICATION_NAME": application_name,
-            "STARTUP_TIMEOUT": "20",
+    launcher = Launcher(
+        tmp_path,
+        name="lifespan",
+        defaults={
             "SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT),
             "DB_POOL_MIN": "2",
             "DB_POOL_MAX": "4",
             "RATE_LIMIT_PER_HOUR": "0",
-            "LOG_FORMAT": "text",
-            "LOG_LEVEL": "INFO",
-            **env,
-        }
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "service", "serve", "--port", str(port)],
-                env=environ,
-                cwd=PROJECT_ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_default_signal_dispositions,
-            )
-        service = Service(process, port, application_name, log_path)
-        started.append(service)
-        return service
-
-    yield start
-    for service in started:
-        if service.process.poll() is None:
-            service.process.kill()
-            service.process.wait(timeout=30)
+        },
+    )
+    yield launcher
+    launcher.teardown()
 
 
 def connections_from(database_url: str, application_name: str) -> int:
@@ -162,7 +83,7 @@ def test_unreachable_postgres_stops_start_up_with_a_clear_message_and_no_passwor
     began = time.monotonic()
 
     service = launch(url, STARTUP_TIMEOUT=str(startup_timeout))
-    returncode = service.wait_for_exit(timeout=startup_timeout + 30)
+    returncode = service.wait_exit(timeout=startup_timeout + 30)
 
     logs = service.logs()
     assert returncode != 0, logs
@@ -181,7 +102,7 @@ def test_start_up_waits_for_a_postgres_that_comes_up_late(launch):
             assert service.process.poll() is None, service.logs()
             cluster.start(fast_and_unsafe=True)
 
-            service.wait_until_live()
+            service.wait_ready(path="/health/live")
 
             logs = service.logs()
             assert "not reachable yet" in logs, logs
@@ -201,7 +122,7 @@ def test_start_up_logs_the_server_version_and_database_but_never_the_password(
     launch, database_url, db
 ):
     service = launch(with_password(database_url))
-    service.wait_until_live()
+    service.wait_ready(path="/health/live")
     store_and_fetch_a_record(service)
 
     logs = service.logs()
@@ -218,7 +139,7 @@ def test_an_edited_applied_migration_stops_start_up_naming_the_file(launch, data
     test_queries.pretend_migration_was_edited(db, version="001_init")
 
     service = launch(database_url)
-    returncode = service.wait_for_exit(timeout=READY_WITHIN)
+    returncode = service.wait_exit(timeout=READY_WITHIN)
 
     logs = service.logs()
     assert returncode != 0, logs
@@ -235,12 +156,12 @@ SIGNALS = [pytest.param(signal.SIGTERM, id="SIGTERM"), pytest.param(signal.SIGIN
 @pytest.mark.parametrize("sig", SIGNALS)
 def test_a_signal_closes_the_pool_and_ends_every_connection(launch, database_url, sig):
     service = launch(database_url)
-    service.wait_until_live()
+    service.wait_ready(path="/health/live")
     store_and_fetch_a_record(service)
     assert connections_from(database_url, service.application_name) > 0
 
     service.process.send_signal(sig)
-    service.wait_for_exit(timeout=SHUTDOWN_TIMEOUT + 30)
+    service.wait_exit(timeout=SHUTDOWN_TIMEOUT + 30)
 
     logs = service.logs()
     assert "pool closed" in logs.lower(), logs
@@ -256,11 +177,11 @@ def test_a_signal_closes_the_pool_and_ends_every_connection(launch, database_url
 )
 def test_a_signal_ends_the_process_with_status_0(launch, database_url, sig):
     service = launch(database_url)
-    service.wait_until_live()
+    service.wait_ready(path="/health/live")
     store_and_fetch_a_record(service)
 
     service.process.send_signal(sig)
-    returncode = service.wait_for_exit(timeout=SHUTDOWN_TIMEOUT + 30)
+    returncode = service.wait_exit(timeout=SHUTDOWN_TIMEOUT + 30)
 
     assert returncode == 0, service.logs()
     assert "Traceback" not in service.logs()
@@ -269,7 +190,7 @@ def test_a_signal_ends_the_process_with_status_0(launch, database_url, sig):
 def test_a_request_in_flight_at_sigterm_still_completes(launch, database_url, db):
     """The body arrives in two halves with SIGTERM between them; the PUT must still land."""
     service = launch(database_url)
-    service.wait_until_live()
+    service.wait_ready(path="/health/live")
     user_id = new_user_id()
     body = httpx2.Request("PUT", "http://x", json=PAYLOAD).read()
     first_half_sent = threading.Event()
@@ -302,7 +223,7 @@ def test_a_request_in_flight_at_sigterm_still_completes(launch, database_url, db
 
     assert response.status_code == 200, service.logs()
     assert response.json() == {"success": True}
-    service.wait_for_exit(timeout=SHUTDOWN_TIMEOUT + 30)
+    service.wait_exit(timeout=SHUTDOWN_TIMEOUT + 30)
     assert test_queries.raw_record(db, user_id=user_id) is not None
     logs = service.logs()
     assert logs.index("Shutting down") < logs.index("PUT /api/sync"), logs

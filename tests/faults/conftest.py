@@ -43,7 +43,7 @@ def running_cluster(cluster: FaultCluster) -> FaultCluster:
 @pytest.fixture
 def launch(tmp_path: Path) -> Iterator[Launcher]:
     """Start the service through its CLI; whatever still runs at teardown is killed."""
-    launcher = Launcher(tmp_path)
+    launcher = Launcher(tmp_path, name="faults")
     try:
         yield launcher
     finally:

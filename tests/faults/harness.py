@@ -13,22 +13,18 @@ import json
 import os
 import pwd
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx2
 import psycopg
 
-from service import PROJECT_ROOT
-from service.localpg import LocalCluster, free_port
+from service.localpg import LocalCluster
 from tests.conftest import test_queries
+from tests.processes import READY_WITHIN, Launcher, Service, children_of
 
-READY_WITHIN = 60
-"""Seconds a healthy start-up may take before a test gives up (never a timing claim)."""
+__all__ = ["READY_WITHIN", "Launcher", "Service"]
 
 
 def chown_to_postgres(path: Path) -> None:
@@ -46,18 +42,6 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _children_of(pid: int) -> list[int]:
-    children = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError):
-            stat = (entry / "stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                children.append(int(entry.name))
-    return children
 
 
 def _is_postgres(pid: int) -> bool:
@@ -112,7 +96,7 @@ class FaultCluster:
         """
         pid = self.pg.postmaster_pid()
         assert pid is not None, "no postmaster to crash"
-        children = _children_of(pid)
+        children = children_of(pid)
         self.seen_pids.update([pid, *children])
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
@@ -134,7 +118,7 @@ class FaultCluster:
     def _remember(self) -> None:
         pid = self.pg.postmaster_pid()
         if pid is not None:
-            self.seen_pids.update([pid, *_children_of(pid)])
+            self.seen_pids.update([pid, *children_of(pid)])
 
     def teardown(self) -> None:
         """Stop the server however it is, then kill any process of it still alive."""
@@ -153,116 +137,6 @@ def query(database_url: str, name: str, **params: object) -> object:
         result = getattr(test_queries, name)(conn, **params)
         # Select queries answer with a generator: read it before the connection closes.
         return list(result) if hasattr(result, "__next__") else result
-
-
-@dataclass
-class Service:
-    """One `python -m service serve` process, its port, and where its logs go."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    application_name: str
-    log_path: Path
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def logs(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def wait_ready(self, timeout: float = READY_WITHIN, path: str = "/health") -> float:
-        """Poll `path` until 200; fail at once if the process exits. Returns the time."""
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise AssertionError(
-                    f"service exited with {self.process.returncode}:\n{self.logs()}"
-                )
-            with contextlib.suppress(httpx2.TransportError):
-                if httpx2.get(f"{self.base_url}{path}", timeout=5).status_code == 200:
-                    return time.monotonic()
-            if time.monotonic() > deadline:
-                raise AssertionError(f"service not ready after {timeout}s:\n{self.logs()}")
-            time.sleep(0.05)
-
-    def wait_exit(self, timeout: float) -> int:
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"service still running after {timeout}s") from None
-
-    def pids(self) -> list[int]:
-        """The supervisor and, with --workers, its worker processes."""
-        return [self.process.pid, *_children_of(self.process.pid)]
-
-    def rss_mb(self) -> float:
-        """Resident memory of the process and its workers, in MiB."""
-        total_kb = 0
-        for pid in self.pids():
-            with contextlib.suppress(OSError):
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        total_kb += int(line.split()[1])
-        return total_kb / 1024
-
-    def kill(self) -> None:
-        """Kill the process and its workers (teardown only)."""
-        for pid in reversed(self.pids()):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=30)
-
-
-def _default_signal_dispositions() -> None:
-    """Undo an inherited 'ignore SIGINT' (shells do that to background jobs)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-class Launcher:
-    """Starts services through the CLI and remembers them, so teardown can kill them."""
-
-    DEFAULTS = {
-        "STARTUP_TIMEOUT": "20",
-        "SHUTDOWN_TIMEOUT": "5",
-        "CLEANUP_INTERVAL": "0",
-        "LOG_FORMAT": "text",
-        "LOG_LEVEL": "INFO",
-    }
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.started: list[Service] = []
-
-    def __call__(self, database_url: str, *args: str, **env: str) -> Service:
-        port = free_port()
-        application_name = f"faults-{uuid.uuid4().hex[:12]}"
-        log_path = self.log_dir / f"service-{len(self.started)}-{port}.log"
-        environ = {
-            **os.environ,
-            **self.DEFAULTS,
-            "DATABASE_URL": database_url,
-            "DB_APPLICATION_NAME": application_name,
-            **env,
-        }
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "service", "serve", "--port", str(port), *args],
-                env=environ,
-                cwd=PROJECT_ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_default_signal_dispositions,
-            )
-        service = Service(process, port, application_name, log_path)
-        self.started.append(service)
-        return service
-
-    def teardown(self) -> None:
-        for service in self.started:
-            if service.process.poll() is None or service.pids()[1:]:
-                service.kill()
 
 
 @dataclass

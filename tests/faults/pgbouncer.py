@@ -21,7 +21,8 @@ from pathlib import Path
 import psycopg
 
 from service.localpg import USER, free_port
-from tests.faults.harness import _children_of, chown_to_postgres
+from tests.faults.harness import chown_to_postgres
+from tests.processes import children_of
 
 
 def pgbouncer_binary() -> str | None:
@@ -116,7 +117,7 @@ def _wait_until_serving(bouncer: PgBouncer, database: str, timeout: float = 20) 
 def _stop(bouncer: PgBouncer) -> None:
     """SIGTERM to PgBouncer itself (under runuser it is runuser's child), then to what
     is left, by pid; never by name."""
-    pids = [*_children_of(bouncer.process.pid), bouncer.process.pid]
+    pids = [*children_of(bouncer.process.pid), bouncer.process.pid]
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
