@@ -233,5 +233,6 @@ def _lifespan(settings: Settings):
         finally:
             await pool.close()
             logger.info("Database pool closed")
+            metrics.forget_this_process()
 
     return lifespan

@@ -82,6 +82,15 @@ def prepare_multiprocess(workers: int) -> None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
 
 
+def forget_this_process() -> None:
+    """A worker shutting down: drop its live gauges from the multiprocess sum, so the
+    pool sizes of workers that have exited do not count forever."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid())
+
+
 def serve_metrics(*, host: str, port: int) -> None:
     """Serve /metrics from this (the supervising) process in a background thread."""
     registry = REGISTRY
