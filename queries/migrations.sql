@@ -30,3 +30,8 @@ SELECT to_regclass('schema_migrations') IS NOT NULL;
 -- Whether user_sync_data exists: a database set up by the TypeScript service's
 -- docker-entrypoint-initdb.d has the seed schema (001) but no schema_migrations.
 SELECT to_regclass('user_sync_data') IS NOT NULL;
+
+-- name: set_lock_timeout(milliseconds)$
+-- Bound how long the runner waits for the advisory lock (and its DDL for table locks):
+-- a replica stuck while holding the lock must not hang every other replica's start-up.
+SELECT set_config('lock_timeout', CAST(:milliseconds AS text), false);

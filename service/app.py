@@ -178,7 +178,7 @@ def _lifespan(settings: Settings):
             async with await psycopg.AsyncConnection.connect(
                 settings.database_url, **connection_kwargs(settings, for_requests=False)
             ) as conn:
-                applied = await migrations.migrate(conn)
+                applied = await migrations.migrate(conn, lock_timeout=settings.startup_timeout)
             if applied:
                 logger.info("Applied migrations: %s", ", ".join(applied))
         limiter = RateLimiter(

@@ -94,14 +94,28 @@ async def status(
     return result
 
 
-async def migrate(conn: psycopg.AsyncConnection, directory: Path = MIGRATIONS_DIR) -> list[str]:
+async def migrate(
+    conn: psycopg.AsyncConnection,
+    directory: Path = MIGRATIONS_DIR,
+    *,
+    lock_timeout: float | None = None,
+) -> list[str]:
     """Apply every pending migration; return the versions applied by this call.
 
     `conn` must be in autocommit mode: the advisory lock is held for the session while
-    each migration runs in a transaction of its own.
+    each migration runs in a transaction of its own. With `lock_timeout` (seconds), waiting
+    longer than that for the lock, or for a table lock in a migration, is a MigrationError
+    instead of a hang.
     """
     migrations = discover(directory)
-    await queries.lock_migrations(conn, lock_key=LOCK_KEY)
+    if lock_timeout is not None:
+        await queries.set_lock_timeout(conn, milliseconds=max(1, int(lock_timeout * 1000)))
+    try:
+        await queries.lock_migrations(conn, lock_key=LOCK_KEY)
+    except psycopg.errors.LockNotAvailable:
+        raise MigrationError(
+            f"another process has held the migration lock for over {lock_timeout:g}s"
+        ) from None
     try:
         await queries.create_migrations_table(conn)
         applied = {

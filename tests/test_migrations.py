@@ -443,3 +443,19 @@ def test_a_database_built_by_the_seeds_initdb_script_is_adopted_and_upgraded(emp
     assert recorded(conn)["001_init"] == sha256_of(MIGRATIONS_DIR / "001_init.sql")
     assert test_queries.count_records(conn) == 1
     assert apply(empty_url) == []
+
+
+def test_a_runner_gives_up_with_a_clear_error_when_the_lock_stays_taken(empty_url, conn):
+    """A replica stuck while holding the lock must not hang every other start-up."""
+    test_queries.take_migration_lock(conn, lock_key=migrations.LOCK_KEY)
+    try:
+
+        async def run() -> list[str]:
+            async with await psycopg.AsyncConnection.connect(empty_url, autocommit=True) as c:
+                return await migrations.migrate(c, lock_timeout=0.5)
+
+        with pytest.raises(MigrationError, match="migration lock"):
+            asyncio.run(run())
+    finally:
+        test_queries.release_migration_lock(conn, lock_key=migrations.LOCK_KEY)
+    assert apply(empty_url) == EXPECTED_VERSIONS
