@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # The database: $DATABASE_URL when set, else the local dev cluster (started on demand).
 DB_URL = $${DATABASE_URL:-$$($(PY) -m service.localpg start $(PGDATA_DEV))}
 
-.PHONY: venv dev serve migrate migrate-status psql sql backup restore test test-faults lint openapi bench dev-db-stop clean
+.PHONY: venv dev migrate migrate-status psql sql backup restore test test-faults lint openapi bench dev-db-stop clean
 
 venv: $(VENV)/.installed
 

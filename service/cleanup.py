@@ -102,8 +102,8 @@ async def scheduled_cleanup(pool: AsyncConnectionPool, settings: Settings) -> No
     elif erased:
         metrics.CLEANUP_ERASED.inc(erased)
         logger.info(
-            "Cleanup erased %d inactive records (not accessed for %d days)",
-            erased,
+            "Cleanup erased %s (not accessed for %d days)",
+            _records(erased).replace("record", "inactive record"),
             settings.inactive_days,
         )
 

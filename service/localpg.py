@@ -83,9 +83,16 @@ class LocalCluster:
             os.chown(self.datadir, entry.pw_uid, entry.pw_gid)
             probe = self._run("test", "-w", str(self.datadir), check=False)
             if probe.returncode != 0:
+                blocked = next(
+                    (p for p in self.datadir.parents if not os.stat(p).st_mode & 0o001), None
+                )
+                where = (
+                    f" ({blocked} is mode {os.stat(blocked).st_mode & 0o777:o})" if blocked else ""
+                )
                 raise SystemExit(
-                    f"the postgres user cannot reach {self.datadir}; "
-                    "choose a folder every user can traverse (e.g. under /tmp)"
+                    f"the postgres user cannot reach {self.datadir}{where}: as root the "
+                    "cluster runs as postgres, which must be able to traverse every parent "
+                    "folder; `chmod o+x` that folder, or set PGDATA_DEV to a folder elsewhere"
                 )
         self._run(
             str(self.bin / "initdb"),
@@ -195,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         print(cluster.url())
     elif args.action == "stop":
         cluster.stop()
+    elif not cluster.initialised():
+        print(f"no cluster in {cluster.datadir} (start one with `make dev`)", file=sys.stderr)
+        return 1
     else:
         print(cluster.url())
     return 0

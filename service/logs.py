@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 
 import orjson
 
-_STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# uvicorn adds `color_message` (its message with ANSI colours) to its records: not data.
+_STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
 
 def user_hash(user_id: object) -> str:
