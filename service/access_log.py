@@ -44,6 +44,7 @@ class AccessLogMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "<unmatched>"
             user_id = scope.get("path_params", {}).get("user_id")
+            user = user_hash(user_id) if user_id else None
             elapsed = time.perf_counter() - started
             duration_ms = elapsed * 1000
             # Any token is a valid method: an unknown one must not grow the label set.
@@ -56,12 +57,12 @@ class AccessLogMiddleware:
                 template,
                 status,
                 duration_ms,
-                f" user={user_hash(user_id)}" if user_id else "",
+                f" user={user}" if user else "",
                 extra={
                     "method": scope["method"],
                     "route": template,
                     "status": status,
                     "duration_ms": round(duration_ms, 2),
-                    "user": user_hash(user_id) if user_id else None,
+                    "user": user,
                 },
             )

@@ -25,8 +25,8 @@ from service.bodies import UploadBudget
 from service.cleanup import scheduled_cleanup
 from service.config import Settings
 from service.db import (
-    connection_kwargs,
     create_pool,
+    maintenance_connection,
     queries,
     schedule_pool_check,
     wait_for_database,
@@ -175,9 +175,7 @@ def _lifespan(settings: Settings):
             info["database"],
         )
         if settings.migrate_on_start:
-            async with await psycopg.AsyncConnection.connect(
-                settings.database_url, **connection_kwargs(settings, for_requests=False)
-            ) as conn:
+            async with await maintenance_connection(settings) as conn:
                 applied = await migrations.migrate(conn, lock_timeout=settings.startup_timeout)
             if applied:
                 logger.info("Applied migrations: %s", ", ".join(applied))

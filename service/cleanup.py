@@ -18,7 +18,12 @@ from psycopg_pool import AsyncConnectionPool
 
 from service import metrics
 from service.config import Settings
-from service.db import DatabaseUnreachable, connection_kwargs, queries, wait_for_database
+from service.db import (
+    DatabaseUnreachable,
+    maintenance_connection,
+    queries,
+    wait_for_database,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -118,9 +123,7 @@ async def run_cleanup_command(settings: Settings, *, inactive_days: int, dry_run
         return 2
     try:
         await wait_for_database(settings)
-        async with await psycopg.AsyncConnection.connect(
-            settings.database_url, **connection_kwargs(settings, for_requests=False)
-        ) as conn:
+        async with await maintenance_connection(settings) as conn:
             if dry_run:
                 count = await queries.count_inactive_records(conn, inactive_days=inactive_days)
                 print(f"Would erase {_records(count)} not accessed for {inactive_days} days.")

@@ -125,13 +125,11 @@ async def migrate(settings: Settings, *, status_only: bool) -> int:
     import psycopg
 
     from service import migrations
-    from service.db import connection_kwargs, wait_for_database
+    from service.db import maintenance_connection, wait_for_database
 
     try:
         await wait_for_database(settings)
-        async with await psycopg.AsyncConnection.connect(
-            settings.database_url, **connection_kwargs(settings, for_requests=False)
-        ) as conn:
+        async with await maintenance_connection(settings) as conn:
             if status_only:
                 rows = await migrations.status(conn)
                 for row in rows:

@@ -85,6 +85,15 @@ async def wait_for_database(settings: Settings) -> dict[str, str]:
         return {"server_version": info[0], "database": info[1]}
 
 
+async def maintenance_connection(settings: Settings) -> psycopg.AsyncConnection:
+    """A connection of its own for migrations, cleanup and imports: autocommit, and no
+    request statement_timeout, since their work may rightly take longer. Use it as
+    `async with await maintenance_connection(settings) as conn:`."""
+    return await psycopg.AsyncConnection.connect(
+        settings.database_url, **connection_kwargs(settings, for_requests=False)
+    )
+
+
 def create_pool(settings: Settings) -> AsyncConnectionPool:
     """A closed pool; the lifespan opens it once PostgreSQL answers."""
     return AsyncConnectionPool(

@@ -35,7 +35,12 @@ import psycopg
 from psycopg.types.array import ListBinaryDumper
 
 from service.config import Settings
-from service.db import DatabaseUnreachable, connection_kwargs, queries, wait_for_database
+from service.db import (
+    DatabaseUnreachable,
+    maintenance_connection,
+    queries,
+    wait_for_database,
+)
 from service.legacy_files import LegacyRecord, list_legacy_files, read_batch
 
 BATCH_SIZE = 1000
@@ -94,9 +99,7 @@ async def run_import_command(
     progress = Progress(len(names)) if sys.stderr.isatty() else None
     try:
         await wait_for_database(settings)
-        async with await psycopg.AsyncConnection.connect(
-            settings.database_url, **connection_kwargs(settings, for_requests=False)
-        ) as conn:
+        async with await maintenance_connection(settings) as conn:
             send_arrays_in_binary(conn)
             await import_files(
                 conn,
