@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 DATABASE = "logikids"
@@ -115,14 +115,19 @@ class LocalCluster:
         )  # fmt: skip
         return result.returncode == 0
 
-    def start(self, *, fast_and_unsafe: bool = False) -> None:
+    def start(
+        self, *, fast_and_unsafe: bool = False, settings: Mapping[str, str] | None = None
+    ) -> None:
         """Start the postmaster and wait until it accepts connections.
 
         `fast_and_unsafe` turns fsync off: right for throwaway test clusters only.
+        `settings` are extra server settings (the benchmark sizes memory and connections).
         """
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
         if fast_and_unsafe:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        for name, value in (settings or {}).items():
+            options += f" -c {name}={value}"
         self._run(
             str(self.bin / "pg_ctl"), "start", "-w", "-t", "60",
             "-D", str(self.datadir),
@@ -157,7 +162,11 @@ class LocalCluster:
 
 @contextlib.contextmanager
 def throwaway_cluster(
-    prefix: str = "logikids-pg-", *, start: bool = True, fast_and_unsafe: bool = True
+    prefix: str = "logikids-pg-",
+    *,
+    start: bool = True,
+    fast_and_unsafe: bool = True,
+    settings: Mapping[str, str] | None = None,
 ) -> Iterator[LocalCluster]:
     """An initialised cluster in a fresh temp folder (started unless `start=False`),
     stopped and deleted afterwards. As root the folder is handed to `postgres`, which
@@ -171,7 +180,7 @@ def throwaway_cluster(
     try:
         cluster.init()
         if start:
-            cluster.start(fast_and_unsafe=fast_and_unsafe)
+            cluster.start(fast_and_unsafe=fast_and_unsafe, settings=settings)
         yield cluster
     finally:
         cluster.stop(mode="immediate")

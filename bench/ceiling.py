@@ -1,0 +1,119 @@
+"""The database ceiling: `pgbench -M prepared` running the service's own statements.
+
+Each case's script is the statements one request of that case runs, taken from queries/
+through aiosql (so an edit there changes the ceiling too): the rate-limit count, then the
+endpoint's statement, each in autocommit as the pool runs them. Only the bindings change:
+pgbench has integer variables only, so `:user_id` becomes the UUID of seeded user `:n`
+(built in SQL the way bench/seed.sql builds it), `:buckets` the one-element array the
+limiter binds, and the NULL a plain request binds is written as NULL.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from bench.load import Result
+from service.db import queries
+
+USER_ID = "CAST('00000000-0000-4000-8000-' || lpad(to_hex(CAST(:n AS integer)), 12, '0') AS uuid)"
+BINDINGS = {
+    "user_id": USER_ID,
+    "buckets": f"ARRAY['user:' || {USER_ID}]",
+    "known_versions": "NULL",
+    "any_version": "false",
+}
+
+STATEMENTS = {
+    "get": ["count_request", "fetch_record"],
+    "put": ["count_request", "store_record"],
+    "verify": ["count_request", "record_version"],
+}
+MIXED_WEIGHTS = {"get": 6, "put": 3, "verify": 1}
+"""The same mix as bench/wrk/sync.lua's `mixed`."""
+
+
+def statement(name: str) -> str:
+    """A named query from queries/ in pgbench's syntax (`:name` variables)."""
+    sql = getattr(queries, name).sql
+
+    def bind(match: re.Match[str]) -> str:
+        return BINDINGS.get(match[1], f":{match[1]}")
+
+    return re.sub(r"%\((\w+)\)s", bind, sql).rstrip().rstrip(";") + ";"
+
+
+def script(case: str, users: int) -> str:
+    lines = [f"\\set n random(1, {users})"]
+    lines += [statement(name) for name in STATEMENTS[case]]
+    return "\n".join(lines) + "\n"
+
+
+def run_pgbench(
+    database_url: str,
+    case: str,
+    *,
+    users: int,
+    fields: dict[str, object],
+    window_seconds: int = 3600,
+    clients: int = 32,
+    threads: int = 2,
+    seconds: int = 10,
+) -> Result:
+    """pgbench -M prepared on `case` (get, put, verify or mixed); latencies from its log."""
+    pgbench = shutil.which("pgbench")
+    if not pgbench:
+        raise SystemExit("pgbench is not installed (Debian: postgresql-contrib / postgresql)")
+    cases = list(MIXED_WEIGHTS) if case == "mixed" else [case]
+    with tempfile.TemporaryDirectory(prefix="logikids-pgbench-") as tmp:
+        args = []
+        for name in cases:
+            path = Path(tmp) / f"{name}.sql"
+            path.write_text(script(name, users))
+            weight = f"@{MIXED_WEIGHTS[name]}" if case == "mixed" else ""
+            args += ["-f", f"{path}{weight}"]
+        variables = {
+            "encrypted_blob": fields["encryptedBlob"],
+            "iv": fields["iv"],
+            "timestamp": fields["timestamp"],
+            "checksum": fields["checksum"],
+            "blob_size": fields["blob_size"],
+            "window_seconds": window_seconds,
+        }
+        for key, value in variables.items():
+            args += ["-D", f"{key}={value}"]
+        subprocess.run(
+            [
+                pgbench, "-n", "-M", "prepared", f"-c{clients}", f"-j{threads}", f"-T{seconds}",
+                "-l", "--log-prefix", f"{tmp}/log", *args, database_url,
+            ],
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        latencies, failures, first, last = [], 0, None, None
+        for log in Path(tmp).glob("log*"):
+            for line in log.read_text().splitlines():
+                # client_id transaction_no time script_no time_epoch time_us
+                parts = line.split()
+                latencies.append(int(parts[2]))
+                end = int(parts[4]) + int(parts[5]) / 1e6
+                first = end if first is None else min(first, end)
+                last = end if last is None else max(last, end)
+    latencies.sort()
+    if not latencies:
+        raise SystemExit(f"pgbench ran no transaction for {case}")
+    count = len(latencies)
+
+    def pct(p: float) -> float:
+        return latencies[min(count - 1, int(p / 100 * count))] / 1000
+
+    return Result(
+        requests=count,
+        seconds=max(last - first, 1e-9) if count > 1 else seconds,
+        p50=pct(50),
+        p90=pct(90),
+        p99=pct(99),
+        errors=failures,
+    )

@@ -1,0 +1,70 @@
+"""Load generation with wrk (Debian's `wrk`): a C load generator, so the client costs
+little CPU next to the service on a 2-core machine, and its latency histogram gives
+exact percentiles."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+LUA = Path(__file__).with_name("wrk") / "sync.lua"
+
+
+@dataclass(frozen=True)
+class Result:
+    """One load run: throughput, latency percentiles (ms) and anything that went wrong."""
+
+    requests: int
+    seconds: float
+    p50: float
+    p90: float
+    p99: float
+    errors: int
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+
+def wrk_path() -> str:
+    found = shutil.which("wrk")
+    if not found:
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+    return found
+
+
+def run_wrk(
+    base_url: str,
+    mode: str,
+    *,
+    users: int,
+    body: Path,
+    threads: int = 2,
+    connections: int = 32,
+    seconds: int = 10,
+) -> Result:
+    """Run one wrk load of `mode` (get, put, verify, mixed) and parse its summary."""
+    out = subprocess.run(
+        [
+            wrk_path(), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
+            "-s", str(LUA), base_url, "--", mode, str(users), str(body),
+        ],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    line = next(x for x in out.stdout.splitlines() if x.startswith("BENCH_JSON "))
+    data = json.loads(line.removeprefix("BENCH_JSON "))
+    errors = sum(
+        data[k]
+        for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts")
+    )
+    return Result(
+        requests=data["requests"],
+        seconds=data["duration_us"] / 1e6,
+        p50=data["p50_us"] / 1000,
+        p90=data["p90_us"] / 1000,
+        p99=data["p99_us"] / 1000,
+        errors=errors,
+    )
