@@ -50,9 +50,7 @@ def small_cases(
             service = run_wrk(svc.base_url, case, users=args.users, body=body, seconds=args.seconds)
             stack.forget_rate_limits(url)
             stack.settle()
-            ceiling = run_pgbench(
-                url, case, users=args.users, fields=fields, seconds=args.seconds
-            )
+            ceiling = run_pgbench(url, case, users=args.users, fields=fields, seconds=args.seconds)
             runs[case]["service"].append(service)
             runs[case]["ceiling"].append(ceiling)
             print(
@@ -144,6 +142,10 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--large-pairs", type=int, default=30)
     parser.add_argument("--skip-large", action="store_true")
+    parser.add_argument(
+        "--unix-socket", action="store_true",
+        help="service and pgbench reach PostgreSQL over a Unix socket instead of TCP",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
         "--env", action="append", default=[], metavar="NAME=VALUE",
@@ -152,7 +154,10 @@ def main() -> None:
     args = parser.parse_args()
     env = {**stack.SERVICE_ENV, **dict(item.split("=", 1) for item in args.env)}
     print("service settings:", " ".join(f"{k}={v}" for k, v in env.items()), flush=True)
-    with stack.database() as url, tempfile.TemporaryDirectory(prefix="logikids-bench-") as tmp:
+    with (
+        stack.database(unix_socket=args.unix_socket) as url,
+        tempfile.TemporaryDirectory(prefix="logikids-bench-") as tmp,
+    ):
         stack.migrate(url)
         stack.seed(url, 1, args.users, SMALL)
         body = Path(tmp) / "small.json"

@@ -1,10 +1,10 @@
 """The database ceiling: `pgbench -M prepared` running the service's own statements.
 
 Each case's script is the statements one request of that case runs, taken from queries/
-through aiosql (so an edit there changes the ceiling too): the rate-limit count, then the
-endpoint's statement, each in autocommit as the pool runs them. Only the bindings change:
+through aiosql (so an edit there changes the ceiling too), rate-limit count included, in
+autocommit as the pool runs it. Only the bindings change:
 pgbench has integer variables only, so `:user_id` becomes the UUID of seeded user `:n`
-(built in SQL the way bench/seed.sql builds it), `:buckets` the one-element array the
+(built in SQL the way bench/seed.sql builds it), `:buckets` the one-element arrays the
 limiter binds, and the NULL a plain request binds is written as NULL.
 """
 
@@ -23,14 +23,15 @@ USER_ID = "CAST('00000000-0000-4000-8000-' || lpad(to_hex(CAST(:n AS integer)), 
 BINDINGS = {
     "user_id": USER_ID,
     "buckets": f"ARRAY['user:' || {USER_ID}]",
+    "limits": "ARRAY[:rate_limit]",
     "known_versions": "NULL",
     "any_version": "false",
 }
 
 STATEMENTS = {
-    "get": ["count_request", "fetch_record"],
-    "put": ["count_request", "store_record"],
-    "verify": ["count_request", "record_version"],
+    "get": ["fetch_record"],
+    "put": ["store_record"],
+    "verify": ["verify_record"],
 }
 MIXED_WEIGHTS = {"get": 6, "put": 3, "verify": 1}
 """The same mix as bench/wrk/sync.lua's `mixed`."""
@@ -82,6 +83,7 @@ def run_pgbench(
             "checksum": fields["checksum"],
             "blob_size": fields["blob_size"],
             "window_seconds": window_seconds,
+            "rate_limit": 1_000_000_000,
         }
         for key, value in variables.items():
             args += ["-D", f"{key}={value}"]

@@ -25,7 +25,7 @@ import aiosql
 import httpx2
 import psycopg
 
-from service.localpg import free_port, throwaway_cluster
+from service.localpg import DATABASE, USER, free_port, throwaway_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,17 +67,25 @@ class Payload:
 
 
 @contextlib.contextmanager
-def database() -> Iterator[str]:
-    """BENCH_DATABASE_URL when given, else a durable throwaway cluster."""
+def database(*, unix_socket: bool = False) -> Iterator[str]:
+    """BENCH_DATABASE_URL when given, else a durable throwaway cluster, reached over TCP on
+    loopback or, with `unix_socket`, over a Unix socket (how a service on the database's
+    own host would connect)."""
     given = os.environ.get("BENCH_DATABASE_URL")
     if given:
         yield given
         return
-    with throwaway_cluster(
-        "logikids-bench-pg-", fast_and_unsafe=False, settings=POSTGRES_SETTINGS
-    ) as cluster:
+    with throwaway_cluster("logikids-bench-pg-", start=False) as cluster:
+        settings = dict(POSTGRES_SETTINGS)
+        socket_dir = cluster.datadir.parent  # owned by the server's user, gone afterwards
+        if unix_socket:
+            settings["unix_socket_directories"] = str(socket_dir)
+        cluster.start(fast_and_unsafe=False, settings=settings)
         cluster.ensure_database()
-        yield cluster.url()
+        if unix_socket:
+            yield f"postgresql://{USER}@/{DATABASE}?host={socket_dir}&port={cluster.port}"
+        else:
+            yield cluster.url()
 
 
 def migrate(database_url: str) -> None:
@@ -128,7 +136,7 @@ class Service:
         """The uvicorn workers (children of the supervisor), or the process itself."""
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         pids = [int(p) for p in children.read_text().split()] if children.exists() else []
-        return [p for p in pids if _is_python(p)] or [self.process.pid]
+        return [p for p in pids if _is_worker(p)] or [self.process.pid]
 
     def peak_rss_mb(self) -> dict[int, float]:
         """Peak resident memory (VmHWM) of each worker since it started, in MB."""
@@ -140,9 +148,10 @@ class Service:
         return peaks
 
 
-def _is_python(pid: int) -> bool:
+def _is_worker(pid: int) -> bool:
+    """A uvicorn worker, not multiprocessing's resource tracker."""
     with contextlib.suppress(OSError):
-        return "python" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
     return False
 
 

@@ -1,32 +1,49 @@
 -- The statements behind the four sync endpoints: one statement, one round trip each.
+-- Each one first counts the request against the rate limits (admit_request, migrations/
+-- 006) and only does its work when the request is admitted; its answer starts with the
+-- verdict: admitted, the new count per bucket, and the seconds left in the window.
 -- Each conditional variant (If-Match / If-None-Match) checks the version and writes in
 -- the same statement, so two devices holding the same ETag cannot both win.
 --
 -- From psql, set each variable with its quotes, then paste the statement (or run
--- `logikids-sync sql NAME user_id=...`, which binds them for you):
+-- `logikids-sync sql NAME user_id=...`, which binds them for you). NULL buckets count
+-- nothing:
 --   \set user_id '\'550e8400-e29b-41d4-a716-446655440000\''
+--   \set buckets NULL \set limits NULL \set window_seconds NULL
 
--- name: store_record(user_id, encrypted_blob, iv, timestamp, checksum, blob_size)$
+-- name: store_record(user_id, encrypted_blob, iv, timestamp, checksum, blob_size, buckets, limits, window_seconds)^
 -- Insert the record or replace its content in one upsert; created_at keeps the first
 -- upload's time, last_accessed becomes now (an upload is an access), the version is new.
-INSERT INTO user_sync_data (user_id, encrypted_blob, iv, timestamp, checksum, blob_size)
-VALUES (:user_id, :encrypted_blob, :iv, :timestamp, :checksum, :blob_size)
-ON CONFLICT (user_id) DO UPDATE SET
-  encrypted_blob = EXCLUDED.encrypted_blob,
-  iv = EXCLUDED.iv,
-  timestamp = EXCLUDED.timestamp,
-  checksum = EXCLUDED.checksum,
-  blob_size = EXCLUDED.blob_size,
-  last_accessed = now(),
-  version = gen_random_uuid()
-RETURNING version;
+WITH quota AS MATERIALIZED (
+  SELECT * FROM admit_request(CAST(:buckets AS text[]), CAST(:limits AS integer[]),
+                              CAST(:window_seconds AS integer))
+),
+stored AS (
+  INSERT INTO user_sync_data (user_id, encrypted_blob, iv, timestamp, checksum, blob_size)
+  SELECT CAST(:user_id AS uuid), :encrypted_blob, :iv, :timestamp, :checksum, :blob_size
+  FROM quota WHERE quota.admitted
+  ON CONFLICT (user_id) DO UPDATE SET
+    encrypted_blob = EXCLUDED.encrypted_blob,
+    iv = EXCLUDED.iv,
+    timestamp = EXCLUDED.timestamp,
+    checksum = EXCLUDED.checksum,
+    blob_size = EXCLUDED.blob_size,
+    last_accessed = now(),
+    version = gen_random_uuid()
+  RETURNING version
+)
+SELECT admitted, hits, reset_seconds, (SELECT version FROM stored) AS version FROM quota;
 
--- name: replace_record_if_match(user_id, encrypted_blob, iv, timestamp, checksum, blob_size, versions, excluded_versions)^
+-- name: replace_record_if_match(user_id, encrypted_blob, iv, timestamp, checksum, blob_size, versions, excluded_versions, buckets, limits, window_seconds)^
 -- PUT with If-Match: replace only while the record is at one of :versions (NULL means
--- `*`: any version) and at none of :excluded_versions (If-None-Match). Returns
--- (true, new version) when stored, (false, current version) when the precondition
--- failed, and no row when there is no record.
-WITH updated AS (
+-- `*`: any version) and at none of :excluded_versions (If-None-Match). `stored` is true
+-- with the new version when stored, false with the current version when the
+-- precondition failed, and NULL when there is no record.
+WITH quota AS MATERIALIZED (
+  SELECT * FROM admit_request(CAST(:buckets AS text[]), CAST(:limits AS integer[]),
+                              CAST(:window_seconds AS integer))
+),
+updated AS (
   UPDATE user_sync_data SET
     encrypted_blob = :encrypted_blob,
     iv = :iv,
@@ -38,20 +55,30 @@ WITH updated AS (
   WHERE user_id = :user_id
     AND (CAST(:versions AS uuid[]) IS NULL OR version = ANY (CAST(:versions AS uuid[])))
     AND version <> ALL (coalesce(CAST(:excluded_versions AS uuid[]), '{}'))
+    AND (SELECT admitted FROM quota)
   RETURNING version
+),
+outcome AS (
+  SELECT true AS stored, version FROM updated
+  UNION ALL
+  SELECT false, version FROM user_sync_data
+  WHERE user_id = :user_id AND NOT EXISTS (SELECT FROM updated)
 )
-SELECT true AS stored, version FROM updated
-UNION ALL
-SELECT false, version FROM user_sync_data
-WHERE user_id = :user_id AND NOT EXISTS (SELECT FROM updated);
+SELECT admitted, hits, reset_seconds, outcome.stored, outcome.version
+FROM quota LEFT JOIN outcome ON true;
 
--- name: store_record_unless_match(user_id, encrypted_blob, iv, timestamp, checksum, blob_size, versions)^
+-- name: store_record_unless_match(user_id, encrypted_blob, iv, timestamp, checksum, blob_size, versions, buckets, limits, window_seconds)^
 -- PUT with If-None-Match: create the record, or replace it only when its version is none
--- of :versions (NULL means `*`: create only). Returns (true, new version) when stored and
--- (false, current version) when the precondition failed.
-WITH stored AS (
+-- of :versions (NULL means `*`: create only). `stored` is true with the new version when
+-- stored and false with the current version when the precondition failed.
+WITH quota AS MATERIALIZED (
+  SELECT * FROM admit_request(CAST(:buckets AS text[]), CAST(:limits AS integer[]),
+                              CAST(:window_seconds AS integer))
+),
+stored AS (
   INSERT INTO user_sync_data (user_id, encrypted_blob, iv, timestamp, checksum, blob_size)
-  VALUES (:user_id, :encrypted_blob, :iv, :timestamp, :checksum, :blob_size)
+  SELECT CAST(:user_id AS uuid), :encrypted_blob, :iv, :timestamp, :checksum, :blob_size
+  FROM quota WHERE quota.admitted
   ON CONFLICT (user_id) DO UPDATE SET
     encrypted_blob = EXCLUDED.encrypted_blob,
     iv = EXCLUDED.iv,
@@ -63,21 +90,31 @@ WITH stored AS (
   WHERE CAST(:versions AS uuid[]) IS NOT NULL
     AND user_sync_data.version <> ALL (CAST(:versions AS uuid[]))
   RETURNING version
+),
+outcome AS (
+  SELECT true AS stored, version FROM stored
+  UNION ALL
+  SELECT false, version FROM user_sync_data
+  WHERE user_id = :user_id AND NOT EXISTS (SELECT FROM stored)
 )
-SELECT true AS stored, version FROM stored
-UNION ALL
-SELECT false, version FROM user_sync_data
-WHERE user_id = :user_id AND NOT EXISTS (SELECT FROM stored);
+SELECT admitted, hits, reset_seconds, outcome.stored, outcome.version
+FROM quota LEFT JOIN outcome ON true;
 
--- name: fetch_record(user_id, known_versions, any_version)^
+-- name: fetch_record(user_id, known_versions, any_version, buckets, limits, window_seconds)^
 -- The record for one user, marking it accessed in the same statement. The mark is coarse:
 -- last_accessed is written only when it is over an hour old, which spares a write per
 -- read and stays far inside the two-year cleanup horizon (DESIGN §2). When the client
 -- already holds the current version (If-None-Match: :known_versions, or `*` as
--- :any_version) the blob is left out (NULL) and the answer is a 304.
-WITH touched AS (
+-- :any_version) the blob is left out (NULL) and the answer is a 304. No record: the
+-- record's columns are NULL.
+WITH quota AS MATERIALIZED (
+  SELECT * FROM admit_request(CAST(:buckets AS text[]), CAST(:limits AS integer[]),
+                              CAST(:window_seconds AS integer))
+),
+touched AS (
   UPDATE user_sync_data SET last_accessed = now()
   WHERE user_id = :user_id AND last_accessed < now() - interval '1 hour'
+    AND (SELECT admitted FROM quota)
   RETURNING encrypted_blob, iv, timestamp, checksum, version
 ),
 found AS (
@@ -85,32 +122,68 @@ found AS (
   UNION ALL
   SELECT encrypted_blob, iv, timestamp, checksum, version FROM user_sync_data
   WHERE user_id = :user_id AND NOT EXISTS (SELECT FROM touched)
+    AND (SELECT admitted FROM quota)
+),
+answer AS (
+  SELECT CASE WHEN unchanged THEN NULL ELSE encrypted_blob END AS encrypted_blob,
+         iv, timestamp, checksum, version, unchanged
+  FROM found,
+       LATERAL (SELECT coalesce(CAST(:any_version AS boolean), false)
+                       OR version = ANY (coalesce(CAST(:known_versions AS uuid[]), '{}'))
+               ) AS c(unchanged)
 )
-SELECT CASE WHEN unchanged THEN NULL ELSE encrypted_blob END AS encrypted_blob,
-       iv, timestamp, checksum, version, unchanged
-FROM found,
-     LATERAL (SELECT coalesce(CAST(:any_version AS boolean), false)
-                     OR version = ANY (coalesce(CAST(:known_versions AS uuid[]), '{}'))
-             ) AS c(unchanged);
+SELECT admitted, hits, reset_seconds,
+       answer.encrypted_blob, answer.iv, answer.timestamp, answer.checksum, answer.version,
+       answer.unchanged
+FROM quota LEFT JOIN answer ON true;
+
+-- name: verify_record(user_id, buckets, limits, window_seconds)^
+-- POST verify (device pairing): the record's version, NULL when there is none.
+WITH quota AS MATERIALIZED (
+  SELECT * FROM admit_request(CAST(:buckets AS text[]), CAST(:limits AS integer[]),
+                              CAST(:window_seconds AS integer))
+)
+SELECT admitted, hits, reset_seconds,
+       (SELECT version FROM user_sync_data WHERE user_id = :user_id AND quota.admitted)
+         AS version
+FROM quota;
 
 -- name: record_version(user_id)$
--- The record's version, or NULL when there is none (verify: device pairing).
+-- The record's version, or NULL when there is none, without counting a request: the
+-- current ETag a 412 answers with.
 SELECT version FROM user_sync_data WHERE user_id = :user_id;
 
--- name: erase_record(user_id)!
+-- name: erase_record(user_id, buckets, limits, window_seconds)^
 -- Erase the record (GDPR right to erasure); succeeds whether or not it existed.
-DELETE FROM user_sync_data WHERE user_id = :user_id;
+WITH quota AS MATERIALIZED (
+  SELECT * FROM admit_request(CAST(:buckets AS text[]), CAST(:limits AS integer[]),
+                              CAST(:window_seconds AS integer))
+),
+erased AS (
+  DELETE FROM user_sync_data WHERE user_id = :user_id AND (SELECT admitted FROM quota)
+)
+SELECT admitted, hits, reset_seconds FROM quota;
 
--- name: erase_record_if_match(user_id, versions)^
+-- name: erase_record_if_match(user_id, versions, buckets, limits, window_seconds)^
 -- DELETE with If-Match: erase only while the record is at one of :versions (NULL means
--- `*`). Returns (true, erased version), (false, current version), or no row.
-WITH erased AS (
+-- `*`). `erased` is true with the erased version, false with the current version, or
+-- NULL when there is no record.
+WITH quota AS MATERIALIZED (
+  SELECT * FROM admit_request(CAST(:buckets AS text[]), CAST(:limits AS integer[]),
+                              CAST(:window_seconds AS integer))
+),
+erased AS (
   DELETE FROM user_sync_data
   WHERE user_id = :user_id
     AND (CAST(:versions AS uuid[]) IS NULL OR version = ANY (CAST(:versions AS uuid[])))
+    AND (SELECT admitted FROM quota)
   RETURNING version
+),
+outcome AS (
+  SELECT true AS erased, version FROM erased
+  UNION ALL
+  SELECT false, version FROM user_sync_data
+  WHERE user_id = :user_id AND NOT EXISTS (SELECT FROM erased)
 )
-SELECT true AS erased, version FROM erased
-UNION ALL
-SELECT false, version FROM user_sync_data
-WHERE user_id = :user_id AND NOT EXISTS (SELECT FROM erased);
+SELECT admitted, hits, reset_seconds, outcome.erased, outcome.version
+FROM quota LEFT JOIN outcome ON true;

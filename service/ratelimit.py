@@ -13,10 +13,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import psycopg
-
 from service import metrics
-from service.db import queries
 from service.errors import ServiceError
 
 
@@ -62,38 +59,47 @@ class RateLimiter:
     def enabled(self) -> bool:
         return self.per_user > 0 or self.per_ip > 0
 
-    async def admit(
-        self, conn: psycopg.AsyncConnection, *, user_id: uuid.UUID, client_ip: str | None
-    ) -> Quota | None:
-        """Count this request (one statement); raise TooManyRequests when over a limit.
-
-        Returns the tightest quota to advertise, or None when limiting is off.
-        """
+    def count(self, *, user_id: uuid.UUID, client_ip: str | None) -> Count:
+        """The buckets this request is counted against, for the sync statement to count
+        (`admit_request` in the same statement as the request's own work)."""
         limits: dict[str, int] = {}
         if self.per_user > 0:
             limits[f"user:{user_id}"] = self.per_user
         if self.per_ip > 0 and client_ip:
             limits[f"ip:{client_ip}"] = self.per_ip
-        if not limits:
+        return Count(limits, self.window_seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """One request's buckets and limits: the statement's bindings, then its verdict."""
+
+    limits: dict[str, int]
+    window_seconds: int
+
+    def bindings(self) -> dict[str, object]:
+        """`buckets`, `limits` and `window_seconds`, as every sync statement takes them."""
+        return {
+            "buckets": list(self.limits),
+            "limits": list(self.limits.values()),
+            "window_seconds": self.window_seconds,
+        }
+
+    def verdict(
+        self, admitted: bool, hits: list[int] | None, reset_seconds: int | None
+    ) -> Quota | None:
+        """What the statement's count means: raise TooManyRequests when over a limit,
+        else the tightest quota to advertise (None when limiting is off)."""
+        if not self.limits or hits is None or reset_seconds is None:
             return None
-        rows = [
-            row
-            async for row in queries.count_request(
-                conn, buckets=list(limits), window_seconds=self.window_seconds
-            )
-        ]
+        counted = list(zip(self.limits.items(), hits, strict=True))
         quotas = [
-            Quota(
-                limit=limits[bucket], remaining=max(0, limits[bucket] - hits), reset_seconds=reset
-            )
-            for bucket, hits, reset in rows
+            Quota(limit=limit, remaining=max(0, limit - n), reset_seconds=reset_seconds)
+            for (_, limit), n in counted
         ]
-        over = [
-            q for (bucket, hits, _), q in zip(rows, quotas, strict=True) if hits > limits[bucket]
-        ]
-        if over:
-            for bucket, hits, _ in rows:
-                if hits > limits[bucket]:
+        if not admitted:
+            for (bucket, limit), n in counted:
+                if n > limit:
                     metrics.RATE_LIMITED.labels(bucket.split(":", 1)[0]).inc()
-            raise TooManyRequests(max(over, key=lambda q: q.reset_seconds))
+            raise TooManyRequests(min(quotas, key=lambda q: q.remaining))
         return min(quotas, key=lambda q: (q.remaining, -q.reset_seconds))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import psycopg
 from starlette.endpoints import HTTPEndpoint
@@ -27,6 +25,7 @@ from service.payload import (
     parse_user_id,
     validate_payload,
 )
+from service.ratelimit import Count
 from service.responses import ORJSONResponse
 
 SUCCESS = {"success": True}
@@ -73,7 +72,8 @@ class SyncRecord(HTTPEndpoint):
         }
         if if_match is not None and if_none_match is not None and if_none_match.any:
             raise PreconditionFailed()  # exists (If-Match) and does not exist (*): never
-        async with admitted(request, user_id) as conn:
+        count = counted(request, user_id)
+        async with request.state.pool.connection() as conn:
             if if_match is not None:
                 excluded = if_none_match.versions(weak_ok=True) if if_none_match else None
                 row = await queries.replace_record_if_match(
@@ -81,17 +81,22 @@ class SyncRecord(HTTPEndpoint):
                     **fields,
                     versions=None if if_match.any else if_match.versions(weak_ok=False),
                     excluded_versions=excluded,
+                    **count.bindings(),
                 )
+                stored, version = admit(request, count, row)
             elif if_none_match is not None:
                 row = await queries.store_record_unless_match(
                     conn,
                     **fields,
                     versions=None if if_none_match.any else if_none_match.versions(weak_ok=True),
+                    **count.bindings(),
                 )
+                stored, version = admit(request, count, row)
             else:
-                row = (True, await queries.store_record(conn, **fields))
-            stored, version = row if row is not None else (False, None)
-            if not stored:
+                row = await queries.store_record(conn, **fields, **count.bindings())
+                (version,) = admit(request, count, row)
+                stored = True
+            if not stored:  # False: another version; None: no record to match
                 raise PreconditionFailed(await _current_version(conn, user_id))
         return respond(request, SUCCESS, etag=version)
 
@@ -100,16 +105,18 @@ class SyncRecord(HTTPEndpoint):
         ETag; 304 without a body when If-None-Match names the current version."""
         user_id = parse_user_id(request.path_params["user_id"])
         if_none_match = parse_condition(request.headers, "If-None-Match")
-        async with admitted(request, user_id) as conn:
+        count = counted(request, user_id)
+        async with request.state.pool.connection() as conn:
             row = await queries.fetch_record(
                 conn,
                 user_id=user_id,
                 known_versions=if_none_match.versions(weak_ok=True) if if_none_match else None,
                 any_version=bool(if_none_match and if_none_match.any),
+                **count.bindings(),
             )
-        if row is None:
+        blob, iv, timestamp, checksum, version, unchanged = admit(request, count, row)
+        if version is None:
             raise RecordNotFound()
-        blob, iv, timestamp, checksum, version, unchanged = row
         if unchanged:
             headers = {**quota_headers(request), "ETag": etag_header(version)}
             return Response(status_code=304, headers=headers)
@@ -124,16 +131,20 @@ class SyncRecord(HTTPEndpoint):
         If-Match only while it is at that version."""
         user_id = parse_user_id(request.path_params["user_id"])
         if_match = parse_condition(request.headers, "If-Match")
-        async with admitted(request, user_id) as conn:
+        count = counted(request, user_id)
+        async with request.state.pool.connection() as conn:
             if if_match is None:
-                await queries.erase_record(conn, user_id=user_id)
+                row = await queries.erase_record(conn, user_id=user_id, **count.bindings())
+                admit(request, count, row)
                 return respond(request, SUCCESS)
             row = await queries.erase_record_if_match(
                 conn,
                 user_id=user_id,
                 versions=None if if_match.any else if_match.versions(weak_ok=False),
+                **count.bindings(),
             )
-            if row is None or not row[0]:
+            erased, _ = admit(request, count, row)
+            if not erased:
                 raise PreconditionFailed(await _current_version(conn, user_id))
         return respond(request, SUCCESS)
 
@@ -145,24 +156,26 @@ class SyncVerify(HTTPEndpoint):
         """POST /api/sync/{userId}/verify: whether a record exists (device pairing), with
         its ETag when it does."""
         user_id = parse_user_id(request.path_params["user_id"])
-        async with admitted(request, user_id) as conn:
-            version = await queries.record_version(conn, user_id=user_id)
+        count = counted(request, user_id)
+        async with request.state.pool.connection() as conn:
+            row = await queries.verify_record(conn, user_id=user_id, **count.bindings())
+        (version,) = admit(request, count, row)
         return respond(request, {"exists": version is not None}, etag=version)
 
 
-@asynccontextmanager
-async def admitted(request: Request, user_id: uuid.UUID) -> AsyncIterator[psycopg.AsyncConnection]:
-    """A pooled connection for this request, once the rate limiter has counted it.
+def counted(request: Request, user_id: uuid.UUID) -> Count:
+    """What this request counts against: its statement counts it, in one round trip."""
+    client = request.client.host if request.client else None
+    return request.state.limiter.count(user_id=user_id, client_ip=client)
 
-    The count runs on the same connection as the request's statement, so limiting costs
-    one statement and no extra pool checkout; its quota is kept for the response headers.
-    """
-    async with request.state.pool.connection() as conn:
-        client = request.client.host if request.client else None
-        request.state.quota = await request.state.limiter.admit(
-            conn, user_id=user_id, client_ip=client
-        )
-        yield conn
+
+def admit(request: Request, count: Count, row: tuple) -> tuple:
+    """Read the rate-limit verdict at the head of a sync statement's row: raise 429 when
+    the request was over a limit (the statement then did nothing), else keep the quota
+    for the response headers and return the rest of the row."""
+    admitted, hits, reset_seconds, *rest = row
+    request.state.quota = count.verdict(admitted, hits, reset_seconds)
+    return tuple(rest)
 
 
 async def _current_version(conn: psycopg.AsyncConnection, user_id: uuid.UUID) -> uuid.UUID | None:

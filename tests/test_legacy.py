@@ -313,7 +313,8 @@ def test_a_dry_run_writes_nothing_and_reports_what_the_import_then_does(
 def test_files_of_one_user_differing_in_case_import_the_newest(
     settings, db, tmp_path, capsys, batch_size
 ):
-    user_id = str(uuid.uuid4())
+    # Letters in the first group, so that upper-casing it really makes a third file name.
+    user_id = "abcdef01" + str(uuid.uuid4())[8:]
     newest = legacy_record(user_id.upper(), timestamp=20)
     write(tmp_path, legacy_record(user_id, timestamp=10), name=f"{user_id}.json")
     write(tmp_path, newest, name=f"{user_id.upper()}.json")

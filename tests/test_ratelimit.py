@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx2
+import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 from starlette.testclient import TestClient
@@ -80,6 +81,56 @@ def test_a_refused_put_stores_nothing(limited, db):
         limited.post(f"/api/sync/{user_id}/verify")
     assert limited.put(f"/api/sync/{user_id}", json=PAYLOAD).status_code == 429
     assert test_queries.raw_record(db, user_id=user_id) is None
+
+
+def test_a_refused_delete_erases_nothing_and_a_refused_get_returns_nothing(limited, db):
+    user_id = new_user_id()
+    assert limited.put(f"/api/sync/{user_id}", json=PAYLOAD).status_code == 200
+    test_queries.set_last_accessed_ago(db, user_id=user_id, seconds=7200)
+    before = test_queries.raw_record(db, user_id=user_id)
+    for _ in range(4):
+        limited.post(f"/api/sync/{user_id}/verify")
+    refused_get = limited.get(f"/api/sync/{user_id}")
+    assert refused_get.status_code == 429
+    assert "encryptedBlob" not in refused_get.text
+    assert limited.delete(f"/api/sync/{user_id}").status_code == 429
+    assert limited.put(f"/api/sync/{user_id}", json={**PAYLOAD, "timestamp": 2}).status_code == 429
+    assert test_queries.raw_record(db, user_id=user_id) == before  # not even last_accessed
+
+
+@pytest.mark.parametrize(
+    "method, path, headers",
+    [
+        ("PUT", "/api/sync/{u}", {}),
+        ("PUT", "/api/sync/{u}", {"If-None-Match": '"00000000-0000-4000-8000-000000000000"'}),
+        ("PUT", "/api/sync/{u}", {"If-Match": "*"}),
+        ("GET", "/api/sync/{u}", {}),
+        ("GET", "/api/sync/{u}", {"If-None-Match": "*"}),
+        ("POST", "/api/sync/{u}/verify", {}),
+        ("DELETE", "/api/sync/{u}", {"If-Match": "*"}),
+        ("DELETE", "/api/sync/{u}", {}),
+    ],
+)
+def test_each_request_is_one_statement_rate_limit_count_included(
+    limited, monkeypatch, method, path, headers
+):
+    """The count and the request's work share one statement: one round trip."""
+    user_id = new_user_id()
+    limited.put(f"/api/sync/{user_id}", json=PAYLOAD)
+    executed: list[str] = []
+    original = psycopg.AsyncCursor.execute
+
+    async def counting_execute(self, query, *args, **kwargs):
+        executed.append(str(query))
+        return await original(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", counting_execute)
+    body = PAYLOAD if method == "PUT" else None
+    response = limited.request(method, path.format(u=user_id), json=body, headers=headers)
+    assert response.status_code in (200, 304), response.text
+    assert response.headers["RateLimit-Remaining"] == "3"  # counted: 5 - PUT - this one
+    assert len(executed) == 1, executed
+    assert "admit_request" in executed[0]
 
 
 def test_the_window_resets(limited, db):

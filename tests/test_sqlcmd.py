@@ -22,6 +22,9 @@ from tests.conftest import new_user_id, test_queries
 TEST_SQL = Path(__file__).parent / "sql"
 BLOB = "dGVzdCBibG9iIGRhdGE="
 INJECTION = "x'; DROP TABLE user_sync_data; --"
+NOT_COUNTED = {"buckets": None, "limits": None, "window_seconds": None}
+"""The rate-limit bindings of a sync statement that counts nothing."""
+UNCOUNTED_ARGS = ("buckets=NULL", "limits=NULL", "window_seconds=NULL")
 
 
 def store(settings: Settings) -> tuple[str, str]:
@@ -33,7 +36,7 @@ def store(settings: Settings) -> tuple[str, str]:
             settings.database_url, **connection_kwargs(settings)
         )
         async with conn:
-            version = await queries.store_record(
+            row = await queries.store_record(
                 conn,
                 user_id=user_id,
                 encrypted_blob=BLOB,
@@ -41,8 +44,9 @@ def store(settings: Settings) -> tuple[str, str]:
                 timestamp=1698765432000,
                 checksum="a" * 64,
                 blob_size=14,
+                **NOT_COUNTED,
             )
-        return str(version)
+        return str(row[3])
 
     return user_id, asyncio.run(run())
 
@@ -101,13 +105,17 @@ def test_every_query_is_read_as_the_same_text_aiosql_gives_the_service():
 def test_print_shows_the_file_s_statement_with_psql_placeholders(capsys):
     user_id = new_user_id()
     status = run_sql_command(
-        None, name="erase_record", params=[f"user_id={user_id}"], print_only=True
+        None, name="erase_record", params=[f"user_id={user_id}", *UNCOUNTED_ARGS], print_only=True
     )
     assert status == 0
     out = capsys.readouterr().out
     assert f"\\set user_id '{user_id}'\n" in out
-    assert out.endswith("DELETE FROM user_sync_data WHERE user_id = :'user_id';\n")
-    assert out.startswith("-- erase_record(user_id)  [sync.sql]\n-- Erase the record")
+    assert "DELETE FROM user_sync_data WHERE user_id = :'user_id' AND" in out
+    assert "SELECT * FROM admit_request(CAST(" in out
+    assert out.endswith("SELECT admitted, hits, reset_seconds FROM quota;\n")
+    assert out.startswith(
+        "-- erase_record(user_id, buckets, limits, window_seconds)  [sync.sql]\n-- Erase the record"
+    )
 
 
 def test_print_converts_every_placeholder_and_leaves_casts_alone(capsys):
@@ -115,13 +123,15 @@ def test_print_converts_every_placeholder_and_leaves_casts_alone(capsys):
     assert status == 0
     statement = without_comment_lines(capsys.readouterr().out)
     source = (QUERIES_DIR / "ratelimit.sql").read_text()
-    block = source.split("-- name: count_request(buckets, window_seconds)\n")[1]
+    block = source.split("-- name: count_request(buckets, limits, window_seconds)^\n")[1]
     block = without_comment_lines(block.split("-- name:")[0]).strip()
-    expected = block.replace(":window_seconds", ":'window_seconds'").replace(
-        ":buckets", ":'buckets'"
+    expected = (
+        block.replace(":window_seconds", ":'window_seconds'")
+        .replace(":buckets", ":'buckets'")
+        .replace(":limits", ":'limits'")
     )
     assert statement.strip() == expected
-    assert ")::integer AS reset_seconds" in statement
+    assert "CAST(:'limits' AS integer[])" in statement
 
 
 def test_print_without_values_names_the_parameters_still_to_set(capsys):
@@ -134,7 +144,10 @@ def test_listing_shows_every_query_with_its_parameters(capsys):
     out = capsys.readouterr().out
     for name in service_query_names():
         assert re.search(rf"^  {name}\(", out, re.MULTILINE), name
-    assert "  fetch_record(user_id, known_versions, any_version)\n" in out
+    signature = (
+        "fetch_record(user_id, known_versions, any_version, buckets, limits, window_seconds)"
+    )
+    assert f"  {signature}\n" in out
     assert "      The record for one user, marking it accessed in the same statement.\n" in out
     assert "queries/cleanup.sql\n" in out
 
@@ -145,8 +158,9 @@ def test_listing_shows_every_query_with_its_parameters(capsys):
 def test_a_missing_parameter_is_refused_with_exit_2_naming_it(database_url):
     result = sql_cli(database_url, "fetch_record", f"user_id={new_user_id()}")
     assert result.returncode == 2
-    assert "missing parameter(s) known_versions, any_version" in result.stderr
-    assert "fetch_record(user_id, known_versions, any_version)" in result.stderr
+    missing = "known_versions, any_version, buckets, limits, window_seconds"
+    assert f"missing parameter(s) {missing}" in result.stderr
+    assert f"fetch_record(user_id, {missing})" in result.stderr
     assert result.stdout == ""
 
 
@@ -184,7 +198,7 @@ def test_fetch_record_binds_null_for_the_value_null(settings, database_url):
     user_id, _ = store(settings)
     result = sql_cli(
         database_url, "fetch_record", f"user_id={user_id}", "known_versions=NULL",
-        "any_version=NULL",
+        "any_version=NULL", *UNCOUNTED_ARGS,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert BLOB in result.stdout
@@ -195,7 +209,7 @@ def test_fetch_record_takes_an_array_literal_for_known_versions(settings, databa
     user_id, version = store(settings)
     result = sql_cli(
         database_url, "fetch_record", f"user_id={user_id}",
-        f"known_versions={{{new_user_id()},{version}}}", "any_version=false",
+        f"known_versions={{{new_user_id()},{version}}}", "any_version=false", *UNCOUNTED_ARGS,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert BLOB not in result.stdout  # the client already holds it: no blob
@@ -205,8 +219,9 @@ def test_fetch_record_takes_an_array_literal_for_known_versions(settings, databa
 def test_an_empty_value_is_an_empty_string_not_null(settings, database_url):
     user_id, _ = store(settings)
     result = sql_cli(
-        database_url, "fetch_record", f"user_id={user_id}", "known_versions=", "any_version=false"
-    )
+        database_url, "fetch_record", f"user_id={user_id}", "known_versions=",
+        "any_version=false", *UNCOUNTED_ARGS,
+    )  # fmt: skip
     assert result.returncode == 3
     assert "malformed array literal" in result.stderr
 
@@ -214,18 +229,20 @@ def test_an_empty_value_is_an_empty_string_not_null(settings, database_url):
 def test_erase_record_erases(settings, database_url, db):
     user_id, _ = store(settings)
     other, _ = store(settings)
-    result = sql_cli(database_url, "erase_record", f"user_id={user_id}")
+    result = sql_cli(database_url, "erase_record", f"user_id={user_id}", *UNCOUNTED_ARGS)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "DELETE 1"
+    assert "(1 row)" in result.stdout  # the verdict: admitted, nothing counted
     assert test_queries.raw_record(db, user_id=user_id) is None
     assert test_queries.raw_record(db, user_id=other) is not None
 
 
 def test_an_array_parameter_binds_a_text_array(database_url, db):
     result = sql_cli(
-        database_url, "count_request", "buckets={user:abc,ip:192.0.2.1}", "window_seconds=3600"
-    )
+        database_url, "count_request", "buckets={user:abc,ip:192.0.2.1}", "limits={100,1}",
+        "window_seconds=3600",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert re.search(r"^\s*t\s*\|\s*\{1,1\}\s*\|", result.stdout, re.MULTILINE), result.stdout
     assert [(row[0], row[1]) for row in test_queries.rate_limit_rows(db)] == [
         ("ip:192.0.2.1", 1),
         ("user:abc", 1),
@@ -234,7 +251,7 @@ def test_an_array_parameter_binds_a_text_array(database_url, db):
 
 def test_an_injection_attempt_fails_as_a_bad_value_and_changes_nothing(settings, database_url, db):
     store(settings)
-    result = sql_cli(database_url, "erase_record", f"user_id={INJECTION}")
+    result = sql_cli(database_url, "erase_record", f"user_id={INJECTION}", *UNCOUNTED_ARGS)
     assert result.returncode == 3  # psql: the statement failed, ON_ERROR_STOP
     assert "invalid input syntax for type uuid" in result.stderr
     assert test_queries.table_exists(db, name="user_sync_data")
@@ -267,7 +284,7 @@ def test_the_printed_script_run_by_plain_psql_does_what_the_command_does(setting
 
 def test_the_printed_script_binds_an_injection_attempt_as_a_value_too(settings, db, capsys):
     store(settings)
-    args = {"name": "erase_record", "params": [f"user_id={INJECTION}"]}
+    args = {"name": "erase_record", "params": [f"user_id={INJECTION}", *UNCOUNTED_ARGS]}
     assert run_sql_command(None, print_only=True, **args) == 0
     by_hand = psql_file(settings.database_url, capsys.readouterr().out)
     assert by_hand.returncode == 3
