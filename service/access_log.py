@@ -20,10 +20,12 @@ _KNOWN_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "
 
 class AccessLogMiddleware:
     """Logs method, route template, status, duration and user hash at INFO, and counts
-    the request in the Prometheus metrics."""
+    the request in the Prometheus metrics when they are served (nobody reads them
+    otherwise, and with multiprocess workers each count is a write to a shared file)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, count_metrics: bool = True) -> None:
         self.app = app
+        self.count_metrics = count_metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -49,8 +51,9 @@ class AccessLogMiddleware:
             duration_ms = elapsed * 1000
             # Any token is a valid method: an unknown one must not grow the label set.
             method = scope["method"] if scope["method"] in _KNOWN_METHODS else "OTHER"
-            metrics.REQUESTS.labels(method, template, str(status)).inc()
-            metrics.LATENCY.labels(method, template).observe(elapsed)
+            if self.count_metrics:
+                metrics.REQUESTS.labels(method, template, str(status)).inc()
+                metrics.LATENCY.labels(method, template).observe(elapsed)
             logger.info(
                 "%s %s %d %.1fms%s",
                 scope["method"],

@@ -96,7 +96,7 @@ def create_app(settings: Settings) -> Starlette:
         # Behind a trusted proxy the client address comes from X-Forwarded-For, as uvicorn
         # does it; applied here so it holds under any server (and in tests).
         Middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips),
-        Middleware(AccessLogMiddleware),
+        Middleware(AccessLogMiddleware, count_metrics=settings.metrics_port > 0),
         Middleware(
             JSONCORSMiddleware,
             allow_origins=list(settings.cors_origins),
