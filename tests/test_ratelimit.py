@@ -11,6 +11,7 @@ from psycopg.conninfo import conninfo_to_dict
 from starlette.testclient import TestClient
 
 from service.app import create_app
+from service.db import queries
 from tests.conftest import new_user_id, test_queries
 from tests.processes import service_process
 from tests.test_smoke import PAYLOAD
@@ -130,7 +131,29 @@ def test_each_request_is_one_statement_rate_limit_count_included(
     assert response.status_code in (200, 304), response.text
     assert response.headers["RateLimit-Remaining"] == "3"  # counted: 5 - PUT - this one
     assert len(executed) == 1, executed
-    assert "admit_request" in executed[0]
+    assert "INSERT INTO rate_limit_hits" in executed[0]
+
+
+COUNTED_STATEMENTS = [
+    "store_record",
+    "replace_record_if_match",
+    "store_record_unless_match",
+    "fetch_record",
+    "verify_record",
+    "erase_record",
+    "erase_record_if_match",
+]
+
+
+@pytest.mark.parametrize("name", COUNTED_STATEMENTS)
+def test_every_counted_statement_counts_with_the_very_ctes_of_count_request(name):
+    """The counting CTEs are copied into each sync statement (one statement per request);
+    the copies must not drift from count_request, the one psql users and these tests run."""
+    counting = queries.count_request.sql.split("\nSELECT admitted, hits, reset_seconds")[0]
+    assert counting.startswith("WITH counted AS (")
+    statement = getattr(queries, name).sql
+    assert statement.startswith(counting), name
+    assert statement[len(counting) :].startswith((",\n", "\nSELECT ")), name
 
 
 def test_the_window_resets(limited, db):

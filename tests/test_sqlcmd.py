@@ -111,7 +111,7 @@ def test_print_shows_the_file_s_statement_with_psql_placeholders(capsys):
     out = capsys.readouterr().out
     assert f"\\set user_id '{user_id}'\n" in out
     assert "DELETE FROM user_sync_data WHERE user_id = :'user_id' AND" in out
-    assert "SELECT * FROM admit_request(CAST(" in out
+    assert "INSERT INTO rate_limit_hits" in out
     assert out.endswith("SELECT admitted, hits, reset_seconds FROM quota;\n")
     assert out.startswith(
         "-- erase_record(user_id, buckets, limits, window_seconds)  [sync.sql]\n-- Erase the record"
