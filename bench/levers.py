@@ -1,0 +1,87 @@
+"""`make bench-levers`: service settings compared side by side under the same wrk load.
+
+    python -m bench.levers --variant "pool 4:DB_POOL_MAX=4" --variant "pool 16:DB_POOL_MAX=16" \
+        [--cases get,put,verify,mixed] [--rounds 5] [--seconds 5]
+
+Every variant runs as its own service (the production shape of bench/stack.py plus the
+variant's settings) on one database. Each round runs every case against every variant in
+turn, alternating, so the machine's noise lands on all of them alike; the report gives the
+median over rounds and each variant's ratio to the first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import tempfile
+from pathlib import Path
+
+from bench import stack
+from bench.load import Result, run_wrk
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    name, _, settings = text.partition(":")
+    env = dict(item.split("=", 1) for item in settings.split(",") if item)
+    return name, env
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", action="append", required=True, metavar="NAME:K=V,K=V")
+    parser.add_argument("--cases", default="get,put,verify,mixed")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--blob-bytes", type=int, default=4096)
+    args = parser.parse_args()
+    variants = dict(parse_variant(v) for v in args.variant)
+    cases = args.cases.split(",")
+    runs: dict[tuple[str, str], list[Result]] = {}
+    with (
+        stack.database() as url,
+        tempfile.TemporaryDirectory(prefix="logikids-bench-") as tmp,
+        contextlib.ExitStack() as services,
+    ):
+        stack.migrate(url)
+        stack.seed(url, 1, args.users, args.blob_bytes)
+        body = Path(tmp) / "body.json"
+        stack.Payload(args.blob_bytes).write(body)
+        running = {
+            name: services.enter_context(
+                stack.service(url, {**stack.SERVICE_ENV, **env}, Path(tmp) / f"{i}.log")
+            )
+            for i, (name, env) in enumerate(variants.items())
+        }
+        for svc in running.values():
+            run_wrk(svc.base_url, "mixed", users=args.users, body=body, seconds=2)  # warm-up
+        for round_no in range(1, args.rounds + 1):
+            for case in cases:
+                for name, svc in running.items():
+                    stack.forget_rate_limits(url)
+                    stack.settle(0.5)
+                    result = run_wrk(
+                        svc.base_url, case, users=args.users, body=body, seconds=args.seconds
+                    )
+                    runs.setdefault((case, name), []).append(result)
+            print(f"round {round_no} done", flush=True)
+    first = next(iter(variants))
+    print(f"\nmedians over {args.rounds} rounds of {args.seconds} s, wrk -t2 -c32")
+    print(f"{'case':<7} {'variant':<22} {'req/s':>7} {'ratio':>6} {'p50':>7} {'p99':>7} errors")
+    for case in cases:
+        base = statistics.median(r.rate for r in runs[(case, first)])
+        for name in variants:
+            results = runs[(case, name)]
+            rate = statistics.median(r.rate for r in results)
+            p50 = statistics.median(r.p50 for r in results)
+            p99 = statistics.median(r.p99 for r in results)
+            errors = sum(r.errors for r in results)
+            print(
+                f"{case:<7} {name:<22} {rate:7.0f} {rate / base:6.2f} {p50:7.2f} {p99:7.2f} "
+                f"{errors}"
+            )
+
+
+if __name__ == "__main__":
+    main()
