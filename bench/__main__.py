@@ -3,7 +3,7 @@
     python -m bench [--rounds 3] [--seconds 10] [--users 1000] [--json FILE]
 
 Starts a durable PostgreSQL and `logikids-sync serve` the way production runs it (two
-workers, pool of 16 each, rate limiter on and set high, access log on), seeds USERS users
+workers, pool of 4 each, rate limiter on and set high, access log on), seeds USERS users
 with 4 KB blobs, then for each case (GET, PUT, verify, a 6:3:1 mix) runs
 `wrk -t2 -c32` against the service and `pgbench -M prepared -c32 -j2` on the same
 statements and data, alternating them round after round so machine noise lands on both.

@@ -4,8 +4,8 @@ Each case's script is the statements one request of that case runs, taken from q
 through aiosql (so an edit there changes the ceiling too), rate-limit count included, in
 autocommit as the pool runs it. Only the bindings change:
 pgbench has integer variables only, so `:user_id` becomes the UUID of seeded user `:n`
-(built in SQL the way bench/seed.sql builds it), `:buckets` the one-element arrays the
-limiter binds, and the NULL a plain request binds is written as NULL.
+(built in SQL the way bench/seed.sql builds it), the limit is the
+benchmark's, and the NULLs a plain request binds are written as NULL.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from service.db import queries
 USER_ID = "CAST('00000000-0000-4000-8000-' || lpad(to_hex(CAST(:n AS integer)), 12, '0') AS uuid)"
 BINDINGS = {
     "user_id": USER_ID,
-    "buckets": f"ARRAY['user:' || {USER_ID}]",
-    "limits": "ARRAY[:rate_limit]",
+    "user_limit": ":rate_limit",
+    "client_ip": "NULL",
+    "ip_limit": "NULL",
     "known_versions": "NULL",
     "any_version": "false",
 }

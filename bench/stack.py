@@ -158,11 +158,12 @@ def _is_worker(pid: int) -> bool:
 SERVICE_ENV = {
     "WORKERS": "2",
     "DB_POOL_MIN": "4",
-    "DB_POOL_MAX": "16",
+    "DB_POOL_MAX": "4",
     "RATE_LIMIT_PER_HOUR": "1000000000",
     "LOG_LEVEL": "INFO",
 }
-"""The production shape on this 2-core machine: a worker per core, the limiter on (set
+"""The production shape on this 2-core machine: a worker per core, a small pool per worker
+(4 gave the same throughput as 16 with a lower p99: BENCHMARKS.md), the limiter on (set
 high, so it counts every request but refuses none), access logs on."""
 
 

@@ -9,12 +9,12 @@
 -- the same statement, so two devices holding the same ETag cannot both win.
 --
 -- From psql, set each variable with its quotes, then paste the statement (or run
--- `logikids-sync sql NAME user_id=...`, which binds them for you). NULL buckets count
+-- `logikids-sync sql NAME user_id=...`, which binds them for you). NULL limits count
 -- nothing:
 --   \set user_id '\'550e8400-e29b-41d4-a716-446655440000\''
---   \set buckets NULL \set limits NULL \set window_seconds NULL
+--   \set user_limit NULL \set client_ip NULL \set ip_limit NULL \set window_seconds NULL
 
--- name: store_record(user_id, encrypted_blob, iv, timestamp, checksum, blob_size, buckets, limits, window_seconds)^
+-- name: store_record(user_id, encrypted_blob, iv, timestamp, checksum, blob_size, user_limit, client_ip, ip_limit, window_seconds)^
 -- Insert the record or replace its content in one upsert; created_at keeps the first
 -- upload's time, last_accessed becomes now (an upload is an access), the version is new.
 WITH counted AS (
@@ -22,18 +22,22 @@ WITH counted AS (
   SELECT bucket,
          to_timestamp(floor(extract(epoch FROM now()) / :window_seconds) * :window_seconds),
          1
-  FROM unnest(CAST(:buckets AS text[])) AS bucket
+  FROM (VALUES ('user:' || CAST(:user_id AS uuid), CAST(:user_limit AS integer)),
+               ('ip:' || CAST(:client_ip AS text), CAST(:ip_limit AS integer))
+       ) AS b(bucket, lim)
+  WHERE bucket IS NOT NULL AND lim IS NOT NULL
   ON CONFLICT (bucket, window_start) DO UPDATE SET hits = h.hits + 1
   RETURNING h.bucket, h.hits, h.window_start
 ),
 quota AS MATERIALIZED (
-  SELECT coalesce(bool_and(counted.hits <= l.lim), true) AS admitted,
-         array_agg(counted.hits ORDER BY l.i) AS hits,
-         ceil(extract(epoch FROM max(counted.window_start)) + :window_seconds
+  SELECT coalesce(bool_and(hits <= CASE WHEN starts_with(bucket, 'user:')
+                                        THEN CAST(:user_limit AS integer)
+                                        ELSE CAST(:ip_limit AS integer) END), true) AS admitted,
+         max(hits) FILTER (WHERE starts_with(bucket, 'user:')) AS user_hits,
+         max(hits) FILTER (WHERE starts_with(bucket, 'ip:')) AS ip_hits,
+         ceil(extract(epoch FROM max(window_start)) + :window_seconds
               - extract(epoch FROM now()))::integer AS reset_seconds
-  FROM unnest(CAST(:buckets AS text[]), CAST(:limits AS integer[]))
-         WITH ORDINALITY AS l(bucket, lim, i)
-  JOIN counted USING (bucket)
+  FROM counted
 ),
 stored AS (
   INSERT INTO user_sync_data (user_id, encrypted_blob, iv, timestamp, checksum, blob_size)
@@ -49,9 +53,10 @@ stored AS (
     version = gen_random_uuid()
   RETURNING version
 )
-SELECT admitted, hits, reset_seconds, (SELECT version FROM stored) AS version FROM quota;
+SELECT admitted, user_hits, ip_hits, reset_seconds, (SELECT version FROM stored) AS version
+FROM quota;
 
--- name: replace_record_if_match(user_id, encrypted_blob, iv, timestamp, checksum, blob_size, versions, excluded_versions, buckets, limits, window_seconds)^
+-- name: replace_record_if_match(user_id, encrypted_blob, iv, timestamp, checksum, blob_size, versions, excluded_versions, user_limit, client_ip, ip_limit, window_seconds)^
 -- PUT with If-Match: replace only while the record is at one of :versions (NULL means
 -- `*`: any version) and at none of :excluded_versions (If-None-Match). `stored` is true
 -- with the new version when stored, false with the current version when the
@@ -61,18 +66,22 @@ WITH counted AS (
   SELECT bucket,
          to_timestamp(floor(extract(epoch FROM now()) / :window_seconds) * :window_seconds),
          1
-  FROM unnest(CAST(:buckets AS text[])) AS bucket
+  FROM (VALUES ('user:' || CAST(:user_id AS uuid), CAST(:user_limit AS integer)),
+               ('ip:' || CAST(:client_ip AS text), CAST(:ip_limit AS integer))
+       ) AS b(bucket, lim)
+  WHERE bucket IS NOT NULL AND lim IS NOT NULL
   ON CONFLICT (bucket, window_start) DO UPDATE SET hits = h.hits + 1
   RETURNING h.bucket, h.hits, h.window_start
 ),
 quota AS MATERIALIZED (
-  SELECT coalesce(bool_and(counted.hits <= l.lim), true) AS admitted,
-         array_agg(counted.hits ORDER BY l.i) AS hits,
-         ceil(extract(epoch FROM max(counted.window_start)) + :window_seconds
+  SELECT coalesce(bool_and(hits <= CASE WHEN starts_with(bucket, 'user:')
+                                        THEN CAST(:user_limit AS integer)
+                                        ELSE CAST(:ip_limit AS integer) END), true) AS admitted,
+         max(hits) FILTER (WHERE starts_with(bucket, 'user:')) AS user_hits,
+         max(hits) FILTER (WHERE starts_with(bucket, 'ip:')) AS ip_hits,
+         ceil(extract(epoch FROM max(window_start)) + :window_seconds
               - extract(epoch FROM now()))::integer AS reset_seconds
-  FROM unnest(CAST(:buckets AS text[]), CAST(:limits AS integer[]))
-         WITH ORDINALITY AS l(bucket, lim, i)
-  JOIN counted USING (bucket)
+  FROM counted
 ),
 updated AS (
   UPDATE user_sync_data SET
@@ -95,10 +104,10 @@ outcome AS (
   SELECT false, version FROM user_sync_data
   WHERE user_id = :user_id AND NOT EXISTS (SELECT FROM updated)
 )
-SELECT admitted, hits, reset_seconds, outcome.stored, outcome.version
+SELECT admitted, user_hits, ip_hits, reset_seconds, outcome.stored, outcome.version
 FROM quota LEFT JOIN outcome ON true;
 
--- name: store_record_unless_match(user_id, encrypted_blob, iv, timestamp, checksum, blob_size, versions, buckets, limits, window_seconds)^
+-- name: store_record_unless_match(user_id, encrypted_blob, iv, timestamp, checksum, blob_size, versions, user_limit, client_ip, ip_limit, window_seconds)^
 -- PUT with If-None-Match: create the record, or replace it only when its version is none
 -- of :versions (NULL means `*`: create only). `stored` is true with the new version when
 -- stored and false with the current version when the precondition failed.
@@ -107,18 +116,22 @@ WITH counted AS (
   SELECT bucket,
          to_timestamp(floor(extract(epoch FROM now()) / :window_seconds) * :window_seconds),
          1
-  FROM unnest(CAST(:buckets AS text[])) AS bucket
+  FROM (VALUES ('user:' || CAST(:user_id AS uuid), CAST(:user_limit AS integer)),
+               ('ip:' || CAST(:client_ip AS text), CAST(:ip_limit AS integer))
+       ) AS b(bucket, lim)
+  WHERE bucket IS NOT NULL AND lim IS NOT NULL
   ON CONFLICT (bucket, window_start) DO UPDATE SET hits = h.hits + 1
   RETURNING h.bucket, h.hits, h.window_start
 ),
 quota AS MATERIALIZED (
-  SELECT coalesce(bool_and(counted.hits <= l.lim), true) AS admitted,
-         array_agg(counted.hits ORDER BY l.i) AS hits,
-         ceil(extract(epoch FROM max(counted.window_start)) + :window_seconds
+  SELECT coalesce(bool_and(hits <= CASE WHEN starts_with(bucket, 'user:')
+                                        THEN CAST(:user_limit AS integer)
+                                        ELSE CAST(:ip_limit AS integer) END), true) AS admitted,
+         max(hits) FILTER (WHERE starts_with(bucket, 'user:')) AS user_hits,
+         max(hits) FILTER (WHERE starts_with(bucket, 'ip:')) AS ip_hits,
+         ceil(extract(epoch FROM max(window_start)) + :window_seconds
               - extract(epoch FROM now()))::integer AS reset_seconds
-  FROM unnest(CAST(:buckets AS text[]), CAST(:limits AS integer[]))
-         WITH ORDINALITY AS l(bucket, lim, i)
-  JOIN counted USING (bucket)
+  FROM counted
 ),
 stored AS (
   INSERT INTO user_sync_data (user_id, encrypted_blob, iv, timestamp, checksum, blob_size)
@@ -142,10 +155,10 @@ outcome AS (
   SELECT false, version FROM user_sync_data
   WHERE user_id = :user_id AND NOT EXISTS (SELECT FROM stored)
 )
-SELECT admitted, hits, reset_seconds, outcome.stored, outcome.version
+SELECT admitted, user_hits, ip_hits, reset_seconds, outcome.stored, outcome.version
 FROM quota LEFT JOIN outcome ON true;
 
--- name: fetch_record(user_id, known_versions, any_version, buckets, limits, window_seconds)^
+-- name: fetch_record(user_id, known_versions, any_version, user_limit, client_ip, ip_limit, window_seconds)^
 -- The record for one user, marking it accessed in the same statement. The mark is coarse:
 -- last_accessed is written only when it is over an hour old, which spares a write per
 -- read and stays far inside the two-year cleanup horizon (DESIGN §2). When the client
@@ -157,18 +170,22 @@ WITH counted AS (
   SELECT bucket,
          to_timestamp(floor(extract(epoch FROM now()) / :window_seconds) * :window_seconds),
          1
-  FROM unnest(CAST(:buckets AS text[])) AS bucket
+  FROM (VALUES ('user:' || CAST(:user_id AS uuid), CAST(:user_limit AS integer)),
+               ('ip:' || CAST(:client_ip AS text), CAST(:ip_limit AS integer))
+       ) AS b(bucket, lim)
+  WHERE bucket IS NOT NULL AND lim IS NOT NULL
   ON CONFLICT (bucket, window_start) DO UPDATE SET hits = h.hits + 1
   RETURNING h.bucket, h.hits, h.window_start
 ),
 quota AS MATERIALIZED (
-  SELECT coalesce(bool_and(counted.hits <= l.lim), true) AS admitted,
-         array_agg(counted.hits ORDER BY l.i) AS hits,
-         ceil(extract(epoch FROM max(counted.window_start)) + :window_seconds
+  SELECT coalesce(bool_and(hits <= CASE WHEN starts_with(bucket, 'user:')
+                                        THEN CAST(:user_limit AS integer)
+                                        ELSE CAST(:ip_limit AS integer) END), true) AS admitted,
+         max(hits) FILTER (WHERE starts_with(bucket, 'user:')) AS user_hits,
+         max(hits) FILTER (WHERE starts_with(bucket, 'ip:')) AS ip_hits,
+         ceil(extract(epoch FROM max(window_start)) + :window_seconds
               - extract(epoch FROM now()))::integer AS reset_seconds
-  FROM unnest(CAST(:buckets AS text[]), CAST(:limits AS integer[]))
-         WITH ORDINALITY AS l(bucket, lim, i)
-  JOIN counted USING (bucket)
+  FROM counted
 ),
 touched AS (
   UPDATE user_sync_data SET last_accessed = now()
@@ -191,32 +208,36 @@ answer AS (
                        OR version = ANY (coalesce(CAST(:known_versions AS uuid[]), '{}'))
                ) AS c(unchanged)
 )
-SELECT admitted, hits, reset_seconds,
+SELECT admitted, user_hits, ip_hits, reset_seconds,
        answer.encrypted_blob, answer.iv, answer.timestamp, answer.checksum, answer.version,
        answer.unchanged
 FROM quota LEFT JOIN answer ON true;
 
--- name: verify_record(user_id, buckets, limits, window_seconds)^
+-- name: verify_record(user_id, user_limit, client_ip, ip_limit, window_seconds)^
 -- POST verify (device pairing): the record's version, NULL when there is none.
 WITH counted AS (
   INSERT INTO rate_limit_hits AS h (bucket, window_start, hits)
   SELECT bucket,
          to_timestamp(floor(extract(epoch FROM now()) / :window_seconds) * :window_seconds),
          1
-  FROM unnest(CAST(:buckets AS text[])) AS bucket
+  FROM (VALUES ('user:' || CAST(:user_id AS uuid), CAST(:user_limit AS integer)),
+               ('ip:' || CAST(:client_ip AS text), CAST(:ip_limit AS integer))
+       ) AS b(bucket, lim)
+  WHERE bucket IS NOT NULL AND lim IS NOT NULL
   ON CONFLICT (bucket, window_start) DO UPDATE SET hits = h.hits + 1
   RETURNING h.bucket, h.hits, h.window_start
 ),
 quota AS MATERIALIZED (
-  SELECT coalesce(bool_and(counted.hits <= l.lim), true) AS admitted,
-         array_agg(counted.hits ORDER BY l.i) AS hits,
-         ceil(extract(epoch FROM max(counted.window_start)) + :window_seconds
+  SELECT coalesce(bool_and(hits <= CASE WHEN starts_with(bucket, 'user:')
+                                        THEN CAST(:user_limit AS integer)
+                                        ELSE CAST(:ip_limit AS integer) END), true) AS admitted,
+         max(hits) FILTER (WHERE starts_with(bucket, 'user:')) AS user_hits,
+         max(hits) FILTER (WHERE starts_with(bucket, 'ip:')) AS ip_hits,
+         ceil(extract(epoch FROM max(window_start)) + :window_seconds
               - extract(epoch FROM now()))::integer AS reset_seconds
-  FROM unnest(CAST(:buckets AS text[]), CAST(:limits AS integer[]))
-         WITH ORDINALITY AS l(bucket, lim, i)
-  JOIN counted USING (bucket)
+  FROM counted
 )
-SELECT admitted, hits, reset_seconds,
+SELECT admitted, user_hits, ip_hits, reset_seconds,
        (SELECT version FROM user_sync_data WHERE user_id = :user_id AND quota.admitted)
          AS version
 FROM quota;
@@ -226,32 +247,36 @@ FROM quota;
 -- current ETag a 412 answers with.
 SELECT version FROM user_sync_data WHERE user_id = :user_id;
 
--- name: erase_record(user_id, buckets, limits, window_seconds)^
+-- name: erase_record(user_id, user_limit, client_ip, ip_limit, window_seconds)^
 -- Erase the record (GDPR right to erasure); succeeds whether or not it existed.
 WITH counted AS (
   INSERT INTO rate_limit_hits AS h (bucket, window_start, hits)
   SELECT bucket,
          to_timestamp(floor(extract(epoch FROM now()) / :window_seconds) * :window_seconds),
          1
-  FROM unnest(CAST(:buckets AS text[])) AS bucket
+  FROM (VALUES ('user:' || CAST(:user_id AS uuid), CAST(:user_limit AS integer)),
+               ('ip:' || CAST(:client_ip AS text), CAST(:ip_limit AS integer))
+       ) AS b(bucket, lim)
+  WHERE bucket IS NOT NULL AND lim IS NOT NULL
   ON CONFLICT (bucket, window_start) DO UPDATE SET hits = h.hits + 1
   RETURNING h.bucket, h.hits, h.window_start
 ),
 quota AS MATERIALIZED (
-  SELECT coalesce(bool_and(counted.hits <= l.lim), true) AS admitted,
-         array_agg(counted.hits ORDER BY l.i) AS hits,
-         ceil(extract(epoch FROM max(counted.window_start)) + :window_seconds
+  SELECT coalesce(bool_and(hits <= CASE WHEN starts_with(bucket, 'user:')
+                                        THEN CAST(:user_limit AS integer)
+                                        ELSE CAST(:ip_limit AS integer) END), true) AS admitted,
+         max(hits) FILTER (WHERE starts_with(bucket, 'user:')) AS user_hits,
+         max(hits) FILTER (WHERE starts_with(bucket, 'ip:')) AS ip_hits,
+         ceil(extract(epoch FROM max(window_start)) + :window_seconds
               - extract(epoch FROM now()))::integer AS reset_seconds
-  FROM unnest(CAST(:buckets AS text[]), CAST(:limits AS integer[]))
-         WITH ORDINALITY AS l(bucket, lim, i)
-  JOIN counted USING (bucket)
+  FROM counted
 ),
 erased AS (
   DELETE FROM user_sync_data WHERE user_id = :user_id AND (SELECT admitted FROM quota)
 )
-SELECT admitted, hits, reset_seconds FROM quota;
+SELECT admitted, user_hits, ip_hits, reset_seconds FROM quota;
 
--- name: erase_record_if_match(user_id, versions, buckets, limits, window_seconds)^
+-- name: erase_record_if_match(user_id, versions, user_limit, client_ip, ip_limit, window_seconds)^
 -- DELETE with If-Match: erase only while the record is at one of :versions (NULL means
 -- `*`). `erased` is true with the erased version, false with the current version, or
 -- NULL when there is no record.
@@ -260,18 +285,22 @@ WITH counted AS (
   SELECT bucket,
          to_timestamp(floor(extract(epoch FROM now()) / :window_seconds) * :window_seconds),
          1
-  FROM unnest(CAST(:buckets AS text[])) AS bucket
+  FROM (VALUES ('user:' || CAST(:user_id AS uuid), CAST(:user_limit AS integer)),
+               ('ip:' || CAST(:client_ip AS text), CAST(:ip_limit AS integer))
+       ) AS b(bucket, lim)
+  WHERE bucket IS NOT NULL AND lim IS NOT NULL
   ON CONFLICT (bucket, window_start) DO UPDATE SET hits = h.hits + 1
   RETURNING h.bucket, h.hits, h.window_start
 ),
 quota AS MATERIALIZED (
-  SELECT coalesce(bool_and(counted.hits <= l.lim), true) AS admitted,
-         array_agg(counted.hits ORDER BY l.i) AS hits,
-         ceil(extract(epoch FROM max(counted.window_start)) + :window_seconds
+  SELECT coalesce(bool_and(hits <= CASE WHEN starts_with(bucket, 'user:')
+                                        THEN CAST(:user_limit AS integer)
+                                        ELSE CAST(:ip_limit AS integer) END), true) AS admitted,
+         max(hits) FILTER (WHERE starts_with(bucket, 'user:')) AS user_hits,
+         max(hits) FILTER (WHERE starts_with(bucket, 'ip:')) AS ip_hits,
+         ceil(extract(epoch FROM max(window_start)) + :window_seconds
               - extract(epoch FROM now()))::integer AS reset_seconds
-  FROM unnest(CAST(:buckets AS text[]), CAST(:limits AS integer[]))
-         WITH ORDINALITY AS l(bucket, lim, i)
-  JOIN counted USING (bucket)
+  FROM counted
 ),
 erased AS (
   DELETE FROM user_sync_data
@@ -286,5 +315,5 @@ outcome AS (
   SELECT false, version FROM user_sync_data
   WHERE user_id = :user_id AND NOT EXISTS (SELECT FROM erased)
 )
-SELECT admitted, hits, reset_seconds, outcome.erased, outcome.version
+SELECT admitted, user_hits, ip_hits, reset_seconds, outcome.erased, outcome.version
 FROM quota LEFT JOIN outcome ON true;

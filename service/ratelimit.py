@@ -9,7 +9,6 @@ exists to stop abuse, not to meter normal use.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -59,47 +58,63 @@ class RateLimiter:
     def enabled(self) -> bool:
         return self.per_user > 0 or self.per_ip > 0
 
-    def count(self, *, user_id: uuid.UUID, client_ip: str | None) -> Count:
-        """The buckets this request is counted against, for the sync statement to count
-        (`admit_request` in the same statement as the request's own work)."""
-        limits: dict[str, int] = {}
-        if self.per_user > 0:
-            limits[f"user:{user_id}"] = self.per_user
-        if self.per_ip > 0 and client_ip:
-            limits[f"ip:{client_ip}"] = self.per_ip
-        return Count(limits, self.window_seconds)
+    def count(self, *, client_ip: str | None) -> Count:
+        """What this request is counted against; the sync statement counts it, in the
+        same statement as the request's own work (queries/ratelimit.sql)."""
+        return Count(
+            user_limit=self.per_user or None,
+            client_ip=client_ip if self.per_ip > 0 and client_ip else None,
+            ip_limit=self.per_ip if self.per_ip > 0 and client_ip else None,
+            window_seconds=self.window_seconds,
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class Count:
-    """One request's buckets and limits: the statement's bindings, then its verdict."""
+    """One request's limits: the statement's bindings, then the verdict on its answer.
+    A limit of None is a bucket not counted."""
 
-    limits: dict[str, int]
+    user_limit: int | None
+    client_ip: str | None
+    ip_limit: int | None
     window_seconds: int
 
     def bindings(self) -> dict[str, object]:
-        """`buckets`, `limits` and `window_seconds`, as every sync statement takes them."""
+        """`user_limit`, `client_ip`, `ip_limit` and `window_seconds`, as every sync
+        statement takes them (scalars: binding arrays cost psycopg more)."""
         return {
-            "buckets": list(self.limits),
-            "limits": list(self.limits.values()),
+            "user_limit": self.user_limit,
+            "client_ip": self.client_ip,
+            "ip_limit": self.ip_limit,
             "window_seconds": self.window_seconds,
         }
 
     def verdict(
-        self, admitted: bool, hits: list[int] | None, reset_seconds: int | None
+        self,
+        admitted: bool,
+        user_hits: int | None,
+        ip_hits: int | None,
+        reset_seconds: int | None,
     ) -> Quota | None:
         """What the statement's count means: raise TooManyRequests when over a limit,
         else the tightest quota to advertise (None when limiting is off)."""
-        if not self.limits or hits is None or reset_seconds is None:
+        if reset_seconds is None:
             return None
-        counted = list(zip(self.limits.items(), hits, strict=True))
+        counted = [
+            (bucket, limit, hits)
+            for bucket, limit, hits in (
+                ("user", self.user_limit, user_hits),
+                ("ip", self.ip_limit, ip_hits),
+            )
+            if limit is not None and hits is not None
+        ]
         quotas = [
-            Quota(limit=limit, remaining=max(0, limit - n), reset_seconds=reset_seconds)
-            for (_, limit), n in counted
+            Quota(limit=limit, remaining=max(0, limit - hits), reset_seconds=reset_seconds)
+            for _, limit, hits in counted
         ]
         if not admitted:
-            for (bucket, limit), n in counted:
-                if n > limit:
-                    metrics.RATE_LIMITED.labels(bucket.split(":", 1)[0]).inc()
+            for bucket, limit, hits in counted:
+                if hits > limit:
+                    metrics.RATE_LIMITED.labels(bucket).inc()
             raise TooManyRequests(min(quotas, key=lambda q: q.remaining))
         return min(quotas, key=lambda q: (q.remaining, -q.reset_seconds))

@@ -72,7 +72,7 @@ class SyncRecord(HTTPEndpoint):
         }
         if if_match is not None and if_none_match is not None and if_none_match.any:
             raise PreconditionFailed()  # exists (If-Match) and does not exist (*): never
-        count = counted(request, user_id)
+        count = counted(request)
         async with request.state.pool.connection() as conn:
             if if_match is not None:
                 excluded = if_none_match.versions(weak_ok=True) if if_none_match else None
@@ -105,7 +105,7 @@ class SyncRecord(HTTPEndpoint):
         ETag; 304 without a body when If-None-Match names the current version."""
         user_id = parse_user_id(request.path_params["user_id"])
         if_none_match = parse_condition(request.headers, "If-None-Match")
-        count = counted(request, user_id)
+        count = counted(request)
         async with request.state.pool.connection() as conn:
             row = await queries.fetch_record(
                 conn,
@@ -131,7 +131,7 @@ class SyncRecord(HTTPEndpoint):
         If-Match only while it is at that version."""
         user_id = parse_user_id(request.path_params["user_id"])
         if_match = parse_condition(request.headers, "If-Match")
-        count = counted(request, user_id)
+        count = counted(request)
         async with request.state.pool.connection() as conn:
             if if_match is None:
                 row = await queries.erase_record(conn, user_id=user_id, **count.bindings())
@@ -156,25 +156,25 @@ class SyncVerify(HTTPEndpoint):
         """POST /api/sync/{userId}/verify: whether a record exists (device pairing), with
         its ETag when it does."""
         user_id = parse_user_id(request.path_params["user_id"])
-        count = counted(request, user_id)
+        count = counted(request)
         async with request.state.pool.connection() as conn:
             row = await queries.verify_record(conn, user_id=user_id, **count.bindings())
         (version,) = admit(request, count, row)
         return respond(request, {"exists": version is not None}, etag=version)
 
 
-def counted(request: Request, user_id: uuid.UUID) -> Count:
+def counted(request: Request) -> Count:
     """What this request counts against: its statement counts it, in one round trip."""
     client = request.client.host if request.client else None
-    return request.state.limiter.count(user_id=user_id, client_ip=client)
+    return request.state.limiter.count(client_ip=client)
 
 
 def admit(request: Request, count: Count, row: tuple) -> tuple:
     """Read the rate-limit verdict at the head of a sync statement's row: raise 429 when
     the request was over a limit (the statement then did nothing), else keep the quota
     for the response headers and return the rest of the row."""
-    admitted, hits, reset_seconds, *rest = row
-    request.state.quota = count.verdict(admitted, hits, reset_seconds)
+    admitted, user_hits, ip_hits, reset_seconds, *rest = row
+    request.state.quota = count.verdict(admitted, user_hits, ip_hits, reset_seconds)
     return tuple(rest)
 
 

@@ -149,7 +149,7 @@ COUNTED_STATEMENTS = [
 def test_every_counted_statement_counts_with_the_very_ctes_of_count_request(name):
     """The counting CTEs are copied into each sync statement (one statement per request);
     the copies must not drift from count_request, the one psql users and these tests run."""
-    counting = queries.count_request.sql.split("\nSELECT admitted, hits, reset_seconds")[0]
+    counting = queries.count_request.sql.split("\nSELECT admitted, user_hits, ip_hits")[0]
     assert counting.startswith("WITH counted AS (")
     statement = getattr(queries, name).sql
     assert statement.startswith(counting), name

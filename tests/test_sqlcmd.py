@@ -22,9 +22,9 @@ from tests.conftest import new_user_id, test_queries
 TEST_SQL = Path(__file__).parent / "sql"
 BLOB = "dGVzdCBibG9iIGRhdGE="
 INJECTION = "x'; DROP TABLE user_sync_data; --"
-NOT_COUNTED = {"buckets": None, "limits": None, "window_seconds": None}
+NOT_COUNTED = {"user_limit": None, "client_ip": None, "ip_limit": None, "window_seconds": None}
 """The rate-limit bindings of a sync statement that counts nothing."""
-UNCOUNTED_ARGS = ("buckets=NULL", "limits=NULL", "window_seconds=NULL")
+UNCOUNTED_ARGS = ("user_limit=NULL", "client_ip=NULL", "ip_limit=NULL", "window_seconds=NULL")
 
 
 def store(settings: Settings) -> tuple[str, str]:
@@ -46,7 +46,7 @@ def store(settings: Settings) -> tuple[str, str]:
                 blob_size=14,
                 **NOT_COUNTED,
             )
-        return str(row[3])
+        return str(row[4])
 
     return user_id, asyncio.run(run())
 
@@ -112,10 +112,9 @@ def test_print_shows_the_file_s_statement_with_psql_placeholders(capsys):
     assert f"\\set user_id '{user_id}'\n" in out
     assert "DELETE FROM user_sync_data WHERE user_id = :'user_id' AND" in out
     assert "INSERT INTO rate_limit_hits" in out
-    assert out.endswith("SELECT admitted, hits, reset_seconds FROM quota;\n")
-    assert out.startswith(
-        "-- erase_record(user_id, buckets, limits, window_seconds)  [sync.sql]\n-- Erase the record"
-    )
+    assert out.endswith("SELECT admitted, user_hits, ip_hits, reset_seconds FROM quota;\n")
+    signature = "erase_record(user_id, user_limit, client_ip, ip_limit, window_seconds)"
+    assert out.startswith(f"-- {signature}  [sync.sql]\n-- Erase the record")
 
 
 def test_print_converts_every_placeholder_and_leaves_casts_alone(capsys):
@@ -123,15 +122,15 @@ def test_print_converts_every_placeholder_and_leaves_casts_alone(capsys):
     assert status == 0
     statement = without_comment_lines(capsys.readouterr().out)
     source = (QUERIES_DIR / "ratelimit.sql").read_text()
-    block = source.split("-- name: count_request(buckets, limits, window_seconds)^\n")[1]
+    header = "-- name: count_request(user_id, user_limit, client_ip, ip_limit, window_seconds)^\n"
+    block = source.split(header)[1]
     block = without_comment_lines(block.split("-- name:")[0]).strip()
-    expected = (
-        block.replace(":window_seconds", ":'window_seconds'")
-        .replace(":buckets", ":'buckets'")
-        .replace(":limits", ":'limits'")
-    )
+    expected = block
+    for name in ("user_id", "user_limit", "client_ip", "ip_limit", "window_seconds"):
+        expected = expected.replace(f":{name}", f":'{name}'")
     assert statement.strip() == expected
-    assert "CAST(:'limits' AS integer[])" in statement
+    assert "CAST(:'user_limit' AS integer)" in statement
+    assert ")::integer AS reset_seconds" in statement
 
 
 def test_print_without_values_names_the_parameters_still_to_set(capsys):
@@ -145,7 +144,8 @@ def test_listing_shows_every_query_with_its_parameters(capsys):
     for name in service_query_names():
         assert re.search(rf"^  {name}\(", out, re.MULTILINE), name
     signature = (
-        "fetch_record(user_id, known_versions, any_version, buckets, limits, window_seconds)"
+        "fetch_record(user_id, known_versions, any_version, user_limit, client_ip, ip_limit, "
+        "window_seconds)"
     )
     assert f"  {signature}\n" in out
     assert "      The record for one user, marking it accessed in the same statement.\n" in out
@@ -158,7 +158,7 @@ def test_listing_shows_every_query_with_its_parameters(capsys):
 def test_a_missing_parameter_is_refused_with_exit_2_naming_it(database_url):
     result = sql_cli(database_url, "fetch_record", f"user_id={new_user_id()}")
     assert result.returncode == 2
-    missing = "known_versions, any_version, buckets, limits, window_seconds"
+    missing = "known_versions, any_version, user_limit, client_ip, ip_limit, window_seconds"
     assert f"missing parameter(s) {missing}" in result.stderr
     assert f"fetch_record(user_id, {missing})" in result.stderr
     assert result.stdout == ""
@@ -236,16 +236,17 @@ def test_erase_record_erases(settings, database_url, db):
     assert test_queries.raw_record(db, user_id=other) is not None
 
 
-def test_an_array_parameter_binds_a_text_array(database_url, db):
-    result = sql_cli(
-        database_url, "count_request", "buckets={user:abc,ip:192.0.2.1}", "limits={100,1}",
-        "window_seconds=3600",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert re.search(r"^\s*t\s*\|\s*\{1,1\}\s*\|", result.stdout, re.MULTILINE), result.stdout
+def test_count_request_from_psql_counts_the_user_and_ip_buckets(database_url, db):
+    user_id = new_user_id()
+    args = (f"user_id={user_id}", "user_limit=100", "client_ip=192.0.2.1", "ip_limit=1")
+    first = sql_cli(database_url, "count_request", *args, "window_seconds=3600")
+    assert first.returncode == 0, first.stderr
+    assert re.search(r"^\s*t\s*\|\s*1\s*\|\s*1\s*\|", first.stdout, re.MULTILINE), first.stdout
+    second = sql_cli(database_url, "count_request", *args, "window_seconds=3600")
+    assert re.search(r"^\s*f\s*\|\s*2\s*\|\s*2\s*\|", second.stdout, re.MULTILINE), second.stdout
     assert [(row[0], row[1]) for row in test_queries.rate_limit_rows(db)] == [
-        ("ip:192.0.2.1", 1),
-        ("user:abc", 1),
+        ("ip:192.0.2.1", 2),
+        (f"user:{user_id}", 2),
     ]
 
 
