@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # The database: $DATABASE_URL when set, else the local dev cluster (started on demand).
 DB_URL = $${DATABASE_URL:-$$($(PY) -m service.localpg start $(PGDATA_DEV))}
 
-.PHONY: venv dev migrate migrate-status psql sql backup restore test test-faults lint openapi bench dev-db-stop clean
+.PHONY: venv dev migrate migrate-status psql sql backup restore test test-faults lint openapi bench bench-scale bench-levers dev-db-stop clean
 
 venv: $(VENV)/.installed
 
@@ -79,6 +79,16 @@ openapi: venv
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
 
-## make bench: latency and throughput, variants measured side by side (see bench/bench.py)
+## make bench: the service under wrk next to pgbench on the same statements (BENCHMARKS.md)
 bench: venv
-	$(PY) bench/bench.py $(BENCH_ARGS)
+	$(PY) -m bench $(BENCH_ARGS)
+
+## make bench-scale: GET/PUT cost at 1k, 100k and 1M stored records; cleanup time
+bench-scale: venv
+	$(PY) -m bench.scale $(BENCH_ARGS)
+
+## make bench-levers: settings or checkouts side by side, e.g.
+##   make bench-levers BENCH_ARGS='--variant "pool 4:DB_POOL_MAX=4" --variant "pool 16:DB_POOL_MAX=16"'
+bench-levers: venv
+	$(PY) -m bench.levers $(BENCH_ARGS)
+

@@ -112,6 +112,13 @@ def report(runs: dict[str, dict[str, list[Result]]], large: dict[str, object]) -
             "ratio": ratio,
             "round_ratios": ratios,
         }
+    print("\nCPU per request (us), service load runs, median round: service / PostgreSQL / wrk")
+    for case, sides in runs.items():
+        cpu = median_result(sides["service"]).cpu_us or {}
+        print(
+            f"{case:<8} "
+            + " / ".join(f"{cpu.get(k, 0):.0f}" for k in ("service", "postgres", "wrk"))
+        )
     if not large:
         return out
     pair = large["put_get_pair_ms"]

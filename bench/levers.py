@@ -3,6 +3,12 @@
     python -m bench.levers --variant "pool 4:DB_POOL_MAX=4" --variant "pool 16:DB_POOL_MAX=16" \
         [--cases get,put,verify,mixed] [--rounds 5] [--seconds 5]
 
+A variant named `NAME@PATH` runs the code of another checkout at PATH, for before/after
+comparisons of code changes on one schema:
+
+    git worktree add /tmp/before <commit>
+    python -m bench.levers --variant "before@/tmp/before:" --variant "after:"
+
 Every variant runs as its own service (the production shape of bench/stack.py plus the
 variant's settings) on one database. Each round runs every case against every variant in
 turn, alternating, so the machine's noise lands on all of them alike; the report gives the
@@ -21,10 +27,12 @@ from bench import stack
 from bench.load import Result, run_wrk
 
 
-def parse_variant(text: str) -> tuple[str, dict[str, str]]:
-    name, _, settings = text.partition(":")
+def parse_variant(text: str) -> tuple[str, tuple[Path, dict[str, str]]]:
+    """`NAME[@CHECKOUT]:K=V,K=V` -> (name, (checkout, settings))."""
+    label, _, settings = text.partition(":")
+    name, _, checkout = label.partition("@")
     env = dict(item.split("=", 1) for item in settings.split(",") if item)
-    return name, env
+    return name, (Path(checkout).resolve() if checkout else stack.ROOT, env)
 
 
 def main() -> None:
@@ -50,9 +58,9 @@ def main() -> None:
         stack.Payload(args.blob_bytes).write(body)
         running = {
             name: services.enter_context(
-                stack.service(url, {**stack.SERVICE_ENV, **env}, Path(tmp) / f"{i}.log")
+                stack.service(url, {**stack.SERVICE_ENV, **env}, Path(tmp) / f"{i}.log", root=root)
             )
-            for i, (name, env) in enumerate(variants.items())
+            for i, (name, (root, env)) in enumerate(variants.items())
         }
         for svc in running.values():
             run_wrk(svc.base_url, "mixed", users=args.users, body=body, seconds=2)  # warm-up

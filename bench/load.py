@@ -5,6 +5,7 @@ exact percentiles."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ LUA = Path(__file__).with_name("wrk") / "sync.lua"
 
 @dataclass(frozen=True)
 class Result:
-    """One load run: throughput, latency percentiles (ms) and anything that went wrong."""
+    """One load run: throughput, latency percentiles (ms), anything that went wrong, and
+    the CPU microseconds per request each kind of process used (when measured)."""
 
     requests: int
     seconds: float
@@ -23,6 +25,7 @@ class Result:
     p90: float
     p99: float
     errors: int
+    cpu_us: dict[str, float] | None = None
 
     @property
     def rate(self) -> float:
@@ -47,6 +50,7 @@ def run_wrk(
     seconds: int = 10,
 ) -> Result:
     """Run one wrk load of `mode` (get, put, verify, mixed) and parse its summary."""
+    before = cpu_seconds()
     out = subprocess.run(
         [
             wrk_path(), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
@@ -54,6 +58,7 @@ def run_wrk(
         ],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
+    after = cpu_seconds()
     line = next(x for x in out.stdout.splitlines() if x.startswith("BENCH_JSON "))
     data = json.loads(line.removeprefix("BENCH_JSON "))
     errors = sum(
@@ -67,4 +72,31 @@ def run_wrk(
         p90=data["p90_us"] / 1000,
         p99=data["p99_us"] / 1000,
         errors=errors,
+        cpu_us={k: (after[k] - before[k]) * 1e6 / max(1, data["requests"]) for k in after},
     )
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by the processes of a run, by kind: the service (its
+    supervisor and workers), PostgreSQL, and wrk. Read from /proc, so deltas around a
+    load run tell where a request's CPU goes."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals = {"service": 0.0, "postgres": 0.0, "wrk": 0.0}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        used = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        if comm == "wrk":
+            totals["wrk"] += used
+        elif comm.startswith("postgres") or cmdline.startswith(b"postgres"):
+            totals["postgres"] += used
+        elif b"spawn_main" in cmdline or b"service\0serve" in cmdline:
+            totals["service"] += used
+    return totals

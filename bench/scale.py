@@ -37,6 +37,7 @@ def grow_and_measure(
         started = time.monotonic()
         stack.seed(url, have + 1, size, BLOB)
         seeded = time.monotonic() - started
+        table_bytes = stack.table_size(url)  # before the PUTs below leave dead versions
         have = size
         run_wrk(svc.base_url, "get", users=size, body=body, seconds=3)  # warm the statements
         cases: dict[str, Result] = {}
@@ -50,12 +51,13 @@ def grow_and_measure(
                 )  # fmt: skip
         results[size] = {
             "seed_seconds": seeded,
-            "table_bytes": stack.table_size(url),
+            "table_bytes": table_bytes,
+            "bytes_per_record": table_bytes / size,
             **{mode: r.__dict__ | {"rate": r.rate} for mode, r in cases.items()},
         }
         print(
-            f"{size:>9,} records, {results[size]['table_bytes'] / 2**30:.2f} GiB, seeded in "
-            f"{seeded:.0f} s",
+            f"{size:>9,} records, {table_bytes / 2**30:.2f} GiB ({table_bytes / size:,.0f} bytes "
+            f"per record), seeded in {seeded:.0f} s",
             flush=True,
         )
         for name, r in cases.items():

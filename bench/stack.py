@@ -168,13 +168,17 @@ high, so it counts every request but refuses none), access logs on."""
 
 
 @contextlib.contextmanager
-def service(database_url: str, env: Mapping[str, str], log: Path) -> Iterator[Service]:
+def service(
+    database_url: str, env: Mapping[str, str], log: Path, *, root: Path = ROOT
+) -> Iterator[Service]:
+    """`python -m service serve` from `root` (another checkout of the project, such as a
+    `git worktree` of an older commit, runs its own code: `-m` imports from the cwd)."""
     port = free_port()
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "service", "serve", "--port", str(port)],
             env={**os.environ, "DATABASE_URL": database_url, **env},
-            cwd=ROOT,
+            cwd=root,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
