@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ def run_wrk(
 ) -> Result:
     """Run one wrk load of `mode` (get, put, verify, mixed) and parse its summary."""
     before = cpu_seconds()
+    children_before = _children_cpu()
     out = subprocess.run(
         [
             wrk_path(), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
@@ -59,6 +61,7 @@ def run_wrk(
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     after = cpu_seconds()
+    after["wrk"] = before["wrk"] + _children_cpu() - children_before  # wrk has exited
     line = next(x for x in out.stdout.splitlines() if x.startswith("BENCH_JSON "))
     data = json.loads(line.removeprefix("BENCH_JSON "))
     errors = sum(
@@ -74,6 +77,11 @@ def run_wrk(
         errors=errors,
         cpu_us={k: (after[k] - before[k]) * 1e6 / max(1, data["requests"]) for k in after},
     )
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def cpu_seconds() -> dict[str, float]:

@@ -1,0 +1,62 @@
+"""The benchmark's own moving parts work, so `make bench` measures what it says: the
+pgbench ceiling runs the service's statements from queries/, and the wrk script's
+requests all succeed against the real service. No timing is asserted here."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from bench import stack
+from bench.ceiling import STATEMENTS, run_pgbench, script
+from bench.load import run_wrk
+from service.db import queries
+from tests.conftest import test_queries
+from tests.processes import service_process
+
+USERS = 20
+
+
+def seeded(database_url: str) -> dict[str, object]:
+    stack.seed(database_url, 1, USERS, 64)
+    return stack.Payload(64).fields() | {"blob_size": 64}
+
+
+def test_each_ceiling_script_is_the_service_s_statement_with_pgbench_variables():
+    for case, names in STATEMENTS.items():
+        text = script(case, USERS)
+        assert text.startswith(f"\\set n random(1, {USERS})\n"), case
+        for name in names:
+            statement = getattr(queries, name).sql
+            first_line = statement.splitlines()[0]
+            assert first_line in text, (case, name)
+        assert "%(" not in text, case  # every psycopg placeholder became a pgbench one
+
+
+@pytest.mark.skipif(shutil.which("pgbench") is None, reason="pgbench is not installed")
+@pytest.mark.parametrize("case", ["get", "put", "verify", "mixed"])
+def test_the_ceiling_runs_against_seeded_users_and_counts_like_the_service(database_url, db, case):
+    fields = seeded(database_url)
+    result = run_pgbench(
+        database_url, case, users=USERS, fields=fields, clients=2, threads=1, seconds=1
+    )
+    assert result.requests > 0
+    assert result.errors == 0
+    assert test_queries.count_records(db) == USERS  # a PUT replaces, never adds
+    assert list(test_queries.rate_limit_rows(db))  # the count ran too
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+@pytest.mark.parametrize("mode", ["get", "put", "verify", "mixed"])
+def test_every_request_of_the_wrk_script_succeeds(database_url, tmp_path, mode):
+    seeded(database_url)
+    body = tmp_path / "body.json"
+    stack.Payload(64).write(body)
+    assert json.loads(body.read_text())["checksum"]
+    with service_process(database_url, RATE_LIMIT_PER_HOUR="1000000") as base_url:
+        result = run_wrk(base_url, mode, users=USERS, body=body, connections=4, seconds=1)
+    assert result.requests > 0
+    assert result.errors == 0  # non-2xx answers count as errors
+    assert result.cpu_us is not None and result.cpu_us["service"] > 0
