@@ -21,6 +21,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from service import metrics, migrations, sync
 from service.access_log import AccessLogMiddleware
+from service.batching import StatementBatcher
 from service.bodies import UploadBudget
 from service.cleanup import scheduled_cleanup
 from service.config import Settings
@@ -224,6 +225,12 @@ def _lifespan(settings: Settings):
                     )
                 yield {
                     "pool": pool,
+                    "statements": StatementBatcher(
+                        pool,
+                        max_batches=settings.pool_max,
+                        queue_timeout=settings.pool_timeout,
+                        max_waiting=settings.pool_max_waiting,
+                    ),
                     "limiter": limiter,
                     "settings": settings,
                     "upload_budget": UploadBudget(settings.upload_buffer_mb * 1024 * 1024),

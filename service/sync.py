@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
-import psycopg
 from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
 from starlette.responses import Response
@@ -73,31 +73,32 @@ class SyncRecord(HTTPEndpoint):
         if if_match is not None and if_none_match is not None and if_none_match.any:
             raise PreconditionFailed()  # exists (If-Match) and does not exist (*): never
         count = counted(request)
-        async with request.state.pool.connection() as conn:
-            if if_match is not None:
-                excluded = if_none_match.versions(weak_ok=True) if if_none_match else None
-                row = await queries.replace_record_if_match(
-                    conn,
-                    **fields,
-                    versions=None if if_match.any else if_match.versions(weak_ok=False),
-                    excluded_versions=excluded,
-                    **count.bindings(),
-                )
-                stored, version = admit(request, count, row)
-            elif if_none_match is not None:
-                row = await queries.store_record_unless_match(
-                    conn,
-                    **fields,
-                    versions=None if if_none_match.any else if_none_match.versions(weak_ok=True),
-                    **count.bindings(),
-                )
-                stored, version = admit(request, count, row)
-            else:
-                row = await queries.store_record(conn, **fields, **count.bindings())
-                (version,) = admit(request, count, row)
-                stored = True
-            if not stored:  # False: another version; None: no record to match
-                raise PreconditionFailed(await _current_version(conn, user_id))
+        if if_match is not None:
+            excluded = if_none_match.versions(weak_ok=True) if if_none_match else None
+            row = await run(
+                request,
+                queries.replace_record_if_match,
+                **fields,
+                versions=None if if_match.any else if_match.versions(weak_ok=False),
+                excluded_versions=excluded,
+                **count.bindings(),
+            )
+            stored, version = admit(request, count, row)
+        elif if_none_match is not None:
+            row = await run(
+                request,
+                queries.store_record_unless_match,
+                **fields,
+                versions=None if if_none_match.any else if_none_match.versions(weak_ok=True),
+                **count.bindings(),
+            )
+            stored, version = admit(request, count, row)
+        else:
+            row = await run(request, queries.store_record, **fields, **count.bindings())
+            (version,) = admit(request, count, row)
+            stored = True
+        if not stored:  # False: another version; None: no record to match
+            raise PreconditionFailed(await _current_version(request, user_id))
         return respond(request, SUCCESS, etag=version)
 
     async def get(self, request: Request) -> Response:
@@ -106,14 +107,14 @@ class SyncRecord(HTTPEndpoint):
         user_id = parse_user_id(request.path_params["user_id"])
         if_none_match = parse_condition(request.headers, "If-None-Match")
         count = counted(request)
-        async with request.state.pool.connection() as conn:
-            row = await queries.fetch_record(
-                conn,
-                user_id=user_id,
-                known_versions=if_none_match.versions(weak_ok=True) if if_none_match else None,
-                any_version=bool(if_none_match and if_none_match.any),
-                **count.bindings(),
-            )
+        row = await run(
+            request,
+            queries.fetch_record,
+            user_id=user_id,
+            known_versions=if_none_match.versions(weak_ok=True) if if_none_match else None,
+            any_version=bool(if_none_match and if_none_match.any),
+            **count.bindings(),
+        )
         blob, iv, timestamp, checksum, version, unchanged = admit(request, count, row)
         if version is None:
             raise RecordNotFound()
@@ -132,20 +133,20 @@ class SyncRecord(HTTPEndpoint):
         user_id = parse_user_id(request.path_params["user_id"])
         if_match = parse_condition(request.headers, "If-Match")
         count = counted(request)
-        async with request.state.pool.connection() as conn:
-            if if_match is None:
-                row = await queries.erase_record(conn, user_id=user_id, **count.bindings())
-                admit(request, count, row)
-                return respond(request, SUCCESS)
-            row = await queries.erase_record_if_match(
-                conn,
-                user_id=user_id,
-                versions=None if if_match.any else if_match.versions(weak_ok=False),
-                **count.bindings(),
-            )
-            erased, _ = admit(request, count, row)
-            if not erased:
-                raise PreconditionFailed(await _current_version(conn, user_id))
+        if if_match is None:
+            row = await run(request, queries.erase_record, user_id=user_id, **count.bindings())
+            admit(request, count, row)
+            return respond(request, SUCCESS)
+        row = await run(
+            request,
+            queries.erase_record_if_match,
+            user_id=user_id,
+            versions=None if if_match.any else if_match.versions(weak_ok=False),
+            **count.bindings(),
+        )
+        erased, _ = admit(request, count, row)
+        if not erased:
+            raise PreconditionFailed(await _current_version(request, user_id))
         return respond(request, SUCCESS)
 
 
@@ -157,10 +158,19 @@ class SyncVerify(HTTPEndpoint):
         its ETag when it does."""
         user_id = parse_user_id(request.path_params["user_id"])
         count = counted(request)
-        async with request.state.pool.connection() as conn:
-            row = await queries.verify_record(conn, user_id=user_id, **count.bindings())
+        row = await run(request, queries.verify_record, user_id=user_id, **count.bindings())
         (version,) = admit(request, count, row)
         return respond(request, {"exists": version is not None}, etag=version)
+
+
+async def run(request: Request, query: Any, **params: object) -> tuple:
+    """Run a named query (queries/) for this request; its one row. The statement goes
+    to PostgreSQL with those of concurrent requests, in one round trip (service/
+    batching.py), and is still its own transaction."""
+    row = await request.state.statements.fetchone(query.sql, params)
+    if row is None:  # every sync statement answers one row; say so if that ever breaks
+        raise RuntimeError(f"{query.__name__} returned no row")
+    return row
 
 
 def counted(request: Request) -> Count:
@@ -178,11 +188,12 @@ def admit(request: Request, count: Count, row: tuple) -> tuple:
     return tuple(rest)
 
 
-async def _current_version(conn: psycopg.AsyncConnection, user_id: uuid.UUID) -> uuid.UUID | None:
+async def _current_version(request: Request, user_id: uuid.UUID) -> uuid.UUID | None:
     """The record's version for a 412, read afresh: the failed statement's snapshot may
     predate the write that made the precondition fail, and the client needs the ETag
     that is current now to retry. Only failed preconditions pay this extra statement."""
-    return await queries.record_version(conn, user_id=user_id)
+    row = await request.state.statements.fetchone(queries.record_version.sql, {"user_id": user_id})
+    return row[0] if row is not None else None
 
 
 def respond(request: Request, content: object, *, etag: uuid.UUID | None = None) -> Response:
