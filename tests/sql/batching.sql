@@ -1,0 +1,13 @@
+-- Statements tests/test_batching.py hands to the statement batcher.
+
+-- name: batching_sleep(seconds)$
+-- Hold a batch's connection for a while.
+SELECT pg_sleep(:seconds);
+
+-- name: batching_one()$
+SELECT 1;
+
+-- name: batching_terminate_other_sessions()!
+-- Break every other connection to this database, as a crash would.
+SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid();

@@ -1,0 +1,120 @@
+"""The statement batcher: concurrent statements share round trips, yet each one is its
+own transaction with its own answer, and waiting is bounded as the pool bounded it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
+
+from service.batching import StatementBatcher
+from service.db import connection_kwargs, queries
+from tests.conftest import new_user_id, test_queries
+
+COUNT = queries.count_request.sql
+VERSION = queries.record_version.sql
+ONE = test_queries.batching_one.sql
+SLEEP = test_queries.batching_sleep.sql
+
+
+def count_params(user_id: str) -> dict[str, object]:
+    return {
+        "user_id": user_id, "user_limit": 1000, "client_ip": None, "ip_limit": None,
+        "window_seconds": 3600,
+    }  # fmt: skip
+
+
+async def with_batcher(settings, body, **kwargs):
+    pool = AsyncConnectionPool(
+        settings.database_url, min_size=1, max_size=2, kwargs=connection_kwargs(settings),
+        open=False,
+    )  # fmt: skip
+    await pool.open(wait=True)
+    try:
+        options = {"max_batches": 2, "queue_timeout": 5.0, "max_waiting": 100, **kwargs}
+        return await body(StatementBatcher(pool, **options), pool)
+    finally:
+        await pool.close()
+
+
+def test_concurrent_statements_share_round_trips_and_each_gets_its_own_row(settings, db):
+    users = [new_user_id() for _ in range(50)]
+    executes: list[int] = []
+
+    async def body(batcher, pool):
+        original = psycopg.AsyncConnection.pipeline
+
+        def counting_pipeline(self, *args, **kwargs):
+            executes.append(1)
+            return original(self, *args, **kwargs)
+
+        psycopg.AsyncConnection.pipeline = counting_pipeline
+        try:
+            return await asyncio.gather(*(batcher.fetchone(COUNT, count_params(u)) for u in users))
+        finally:
+            psycopg.AsyncConnection.pipeline = original
+
+    rows = asyncio.run(with_batcher(settings, body))
+    assert [tuple(r) for r in rows] == [(True, 1, None, rows[0][3])] * 50
+    assert len(executes) < 50  # batched: fewer pipelines than statements
+    counted = {bucket: hits for bucket, hits, *_ in test_queries.rate_limit_rows(db)}
+    assert counted == {f"user:{u}": 1 for u in users}
+
+
+def test_a_failing_statement_fails_alone_and_the_others_still_commit(settings, db):
+    users = [new_user_id() for _ in range(9)]
+
+    async def body(batcher, pool):
+        calls = [batcher.fetchone(COUNT, count_params(u)) for u in users[:5]]
+        calls.append(batcher.fetchone(VERSION, {"user_id": "not-a-uuid"}))
+        calls += [batcher.fetchone(COUNT, count_params(u)) for u in users[5:]]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = asyncio.run(with_batcher(settings, body))
+    assert isinstance(results[5], psycopg.errors.InvalidTextRepresentation)
+    assert all(isinstance(r, tuple) and r[0] is True for i, r in enumerate(results) if i != 5)
+    counted = {bucket for bucket, *_ in test_queries.rate_limit_rows(db)}
+    assert counted == {f"user:{u}" for u in users}  # none rolled back with the failure
+
+
+def test_a_statement_nobody_takes_in_time_is_a_pool_timeout(settings):
+    async def body(batcher, pool):
+        slow = asyncio.ensure_future(batcher.fetchone(SLEEP, {"seconds": 1}))
+        await asyncio.sleep(0.1)
+        with pytest.raises(PoolTimeout):
+            await batcher.fetchone(VERSION, {"user_id": new_user_id()})
+        await slow
+
+    asyncio.run(with_batcher(settings, body, max_batches=1, queue_timeout=0.3))
+
+
+def test_too_many_waiting_statements_are_refused_at_once(settings):
+    async def body(batcher, pool):
+        slow = asyncio.ensure_future(batcher.fetchone(SLEEP, {"seconds": 0.5}))
+        await asyncio.sleep(0.1)
+        waiting = [asyncio.ensure_future(batcher.fetchone(ONE, {})) for _ in range(3)]
+        await asyncio.sleep(0)
+        with pytest.raises(TooManyRequests):
+            await batcher.fetchone(ONE, {})
+        assert [tuple(r) for r in await asyncio.gather(*waiting)] == [(1,)] * 3
+        await slow
+
+    asyncio.run(with_batcher(settings, body, max_batches=1, max_waiting=3))
+
+
+def test_a_broken_connection_fails_every_statement_of_its_batch_as_operational(settings, pg_server):
+    async def body(batcher, pool):
+        await asyncio.gather(*(batcher.fetchone(ONE, {}) for _ in range(4)))  # connections up
+        with psycopg.connect(settings.database_url, autocommit=True) as killer:
+            test_queries.batching_terminate_other_sessions(killer)
+        return await asyncio.gather(
+            *(batcher.fetchone(ONE, {}) for _ in range(5)), return_exceptions=True
+        )
+
+    results = asyncio.run(with_batcher(settings, body))
+    failed = [r for r in results if isinstance(r, Exception)]
+    assert failed  # the batch on a broken connection heard it
+    assert all(isinstance(r, psycopg.OperationalError) for r in failed)
+    assert all(tuple(r) == (1,) for r in results if not isinstance(r, Exception))
