@@ -230,6 +230,7 @@ def _lifespan(settings: Settings):
                         max_batches=settings.pool_max,
                         queue_timeout=settings.pool_timeout,
                         max_waiting=settings.pool_max_waiting,
+                        batch_deadline=settings.statement_timeout_ms / 1000 or None,
                     ),
                     "limiter": limiter,
                     "settings": settings,

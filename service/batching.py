@@ -12,11 +12,19 @@ as soon as it is done, and each is committed (and durable) before its request is
 answered. Up to `max_batches` batches run at once, each on a pooled connection; a
 request waits in the queue at most `queue_timeout` seconds (then PoolTimeout, a 503), and
 at most `max_waiting` requests wait (then TooManyRequests, a 503), as the pool did.
+
+PostgreSQL runs a batch's statements one after another, each under its own
+statement_timeout. So that a batch stuck behind a lock cannot take its size times that
+timeout, a batch still running after `batch_deadline` (the statement timeout) has its
+statements cancelled as they come up: each fails (rolled back, a 503) instead of waiting
+its own turn to time out. A request is still only ever answered with what its own
+statement did.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,9 +52,11 @@ class StatementBatcher:
         max_batches: int,
         queue_timeout: float,
         max_waiting: int,
+        batch_deadline: float | None = None,
         max_batch_size: int = 64,
     ) -> None:
         self.pool = pool
+        self.batch_deadline = batch_deadline
         self.max_batches = max_batches
         self.queue_timeout = queue_timeout
         self.max_waiting = max_waiting
@@ -108,6 +118,7 @@ class StatementBatcher:
         failure: psycopg.Error | None = None
         try:
             async with self.pool.connection() as conn:
+                watchdog = self._watch(conn)
                 try:
                     async with conn.pipeline() as pipeline:
                         for waiting in batch:
@@ -117,6 +128,9 @@ class StatementBatcher:
                             _end_transaction(pipeline)
                 except psycopg.Error as exc:
                     failure = exc  # an earlier statement's error, or the connection's
+                finally:
+                    if watchdog is not None:
+                        watchdog.cancel()
                 if isinstance(failure, psycopg.OperationalError | psycopg.InterfaceError):
                     _fail_all(batch, failure)
                     return []
@@ -133,6 +147,21 @@ class StatementBatcher:
                 raise
             return []
         return batch[len(sent) :]
+
+    def _watch(self, conn: psycopg.AsyncConnection[Any]) -> asyncio.Task[None] | None:
+        """From `batch_deadline` on, cancel whatever statement of this batch runs."""
+        if not self.batch_deadline:
+            return None
+
+        async def cancel_from_deadline() -> None:
+            await asyncio.sleep(self.batch_deadline)
+            while True:
+                # Nothing running, or the server gone: the batch itself will say so.
+                with contextlib.suppress(psycopg.Error):
+                    await conn.cancel_safe(timeout=1.0)
+                await asyncio.sleep(0.05)
+
+        return asyncio.get_running_loop().create_task(cancel_from_deadline())
 
 
 def _end_transaction(pipeline: psycopg.AsyncPipeline) -> None:
