@@ -118,3 +118,20 @@ def test_a_broken_connection_fails_every_statement_of_its_batch_as_operational(s
     assert failed  # the batch on a broken connection heard it
     assert all(isinstance(r, psycopg.OperationalError) for r in failed)
     assert all(tuple(r) == (1,) for r in results if not isinstance(r, Exception))
+
+
+def test_a_batch_past_its_deadline_has_its_statements_cancelled_not_queued(settings):
+    """PostgreSQL runs a batch's statements in turn: without the deadline, three
+    one-second statements would answer after 1, 2 and 3 seconds."""
+
+    async def body(batcher, pool):
+        started = asyncio.get_running_loop().time()
+        results = await asyncio.gather(
+            *(batcher.fetchone(SLEEP, {"seconds": 1}) for _ in range(3)),
+            return_exceptions=True,
+        )
+        return results, asyncio.get_running_loop().time() - started
+
+    results, elapsed = asyncio.run(with_batcher(settings, body, max_batches=1, batch_deadline=0.3))
+    assert all(isinstance(r, psycopg.errors.QueryCanceled) for r in results), results
+    assert elapsed < 1.0
