@@ -1,18 +1,14 @@
-"""A probe for the next lever: statements of concurrent requests sent to PostgreSQL in
-pipelined batches, against one statement per pooled connection as the service does now.
+"""Statements of concurrent requests sent to PostgreSQL in pipelined batches (the
+service's StatementBatcher) against one statement per pooled connection (the service
+before it).
 
     python -m bench.batching [--statements 20000] [--concurrency 32]
 
 No HTTP: one process runs the verify statement (queries/sync.sql, rate-limit count
 included) for random seeded users, `--concurrency` at a time, either each on a connection
 of a pool of 4 (today's service) or queued to 2 connections that send whatever is queued
-as one psycopg pipeline. It reports statements/s and the CPU per statement of this process
-and of PostgreSQL.
-
-Caveat, and why the service does not do this yet: the probe's batch runs as one implicit
-transaction (psycopg sends one Sync per pipeline block), so one failing statement would
-abort the others and row locks are held to the end of the batch. The service would need a
-Sync after every statement, which psycopg's public API only offers with a round trip.
+as one psycopg pipeline, a Sync after each statement (service/batching.py). It reports
+statements/s and the CPU per statement of this process and of PostgreSQL.
 """
 
 from __future__ import annotations
@@ -22,44 +18,15 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from bench import stack
 from bench.load import cpu_seconds
+from service.batching import StatementBatcher
 from service.config import Settings
-from service.db import connection_kwargs, create_pool, queries
+from service.db import create_pool, queries
 
 UNLIMITED = {"user_limit": 1_000_000_000, "client_ip": None, "ip_limit": None}
-
-
-class Batcher:
-    """Sends every statement queued meanwhile as one pipeline on its connection."""
-
-    def __init__(self, conn: psycopg.AsyncConnection) -> None:
-        self.conn = conn
-        self.pending: list[tuple[str, dict, asyncio.Future]] = []
-        self.wake = asyncio.Event()
-
-    async def run(self) -> None:
-        while True:
-            await self.wake.wait()
-            self.wake.clear()
-            batch, self.pending = self.pending, []
-            cursors = []
-            async with self.conn.pipeline():
-                for sql, params, future in batch:
-                    cursor = self.conn.cursor()
-                    await cursor.execute(sql, params)
-                    cursors.append((cursor, future))
-            for cursor, future in cursors:
-                future.set_result(await cursor.fetchone())
-
-    async def execute(self, sql: str, params: dict) -> object:
-        future = asyncio.get_running_loop().create_future()
-        self.pending.append((sql, params, future))
-        self.wake.set()
-        return await future
 
 
 async def measure(
@@ -87,11 +54,9 @@ async def probe(url: str, statements: int, concurrency: int, rounds: int) -> Non
     sql = queries.verify_record.sql
     pool: AsyncConnectionPool = create_pool(settings)
     await pool.open(wait=True)
-    conns = [
-        await psycopg.AsyncConnection.connect(url, **connection_kwargs(settings)) for _ in range(2)
-    ]
-    batchers = [Batcher(conn) for conn in conns]
-    runners = [asyncio.create_task(b.run()) for b in batchers]
+    batch_pool: AsyncConnectionPool = create_pool(settings.with_changes(pool_min=2, pool_max=2))
+    await batch_pool.open(wait=True)
+    batcher = StatementBatcher(batch_pool, max_batches=2, queue_timeout=30, max_waiting=0)
 
     def params(i: int) -> dict:
         return {"user_id": stack.user_id(1 + i % 1000), "window_seconds": 3600, **UNLIMITED}
@@ -102,17 +67,14 @@ async def probe(url: str, statements: int, concurrency: int, rounds: int) -> Non
             return await cursor.fetchone()
 
     async def batched(i: int) -> object:
-        return await batchers[i % len(batchers)].execute(sql, params(i))
+        return await batcher.fetchone(sql, params(i))
 
     try:
         for _ in range(rounds):
             await measure("pool of 4, a statement each", pooled, statements, concurrency)
-            await measure("2 connections, pipelined batches", batched, statements, concurrency)
+            await measure("2 connections, StatementBatcher", batched, statements, concurrency)
     finally:
-        for runner in runners:
-            runner.cancel()
-        for conn in conns:
-            await conn.close()
+        await batch_pool.close()
         await pool.close()
 
 

@@ -3,7 +3,7 @@
 Why: on a small machine a round trip costs more CPU than the statement itself (a send,
 a wake-up of the backend, a wait, a receive). Sending whatever statements are waiting
 as one psycopg pipeline spends one round trip on many requests; `python -m
-bench.batching` measured 2.4x the statements per second at less than half the CPU per
+bench.batching` measured about twice the statements per second at half the CPU per
 statement (BENCHMARKS.md).
 
 What does not change: every statement is still its own transaction. A Sync follows each
