@@ -25,7 +25,6 @@ from service.payload import (
     parse_user_id,
     validate_payload,
 )
-from service.ratelimit import Count
 from service.responses import ORJSONResponse
 
 SUCCESS = {"success": True}
@@ -72,30 +71,24 @@ class SyncRecord(HTTPEndpoint):
         }
         if if_match is not None and if_none_match is not None and if_none_match.any:
             raise PreconditionFailed()  # exists (If-Match) and does not exist (*): never
-        count = counted(request)
         if if_match is not None:
             excluded = if_none_match.versions(weak_ok=True) if if_none_match else None
-            row = await run(
+            stored, version = await run_counted(
                 request,
                 queries.replace_record_if_match,
                 **fields,
                 versions=None if if_match.any else if_match.versions(weak_ok=False),
                 excluded_versions=excluded,
-                **count.bindings(),
             )
-            stored, version = admit(request, count, row)
         elif if_none_match is not None:
-            row = await run(
+            stored, version = await run_counted(
                 request,
                 queries.store_record_unless_match,
                 **fields,
                 versions=None if if_none_match.any else if_none_match.versions(weak_ok=True),
-                **count.bindings(),
             )
-            stored, version = admit(request, count, row)
         else:
-            row = await run(request, queries.store_record, **fields, **count.bindings())
-            (version,) = admit(request, count, row)
+            (version,) = await run_counted(request, queries.store_record, **fields)
             stored = True
         if not stored:  # False: another version; None: no record to match
             raise PreconditionFailed(await _current_version(request, user_id))
@@ -106,16 +99,13 @@ class SyncRecord(HTTPEndpoint):
         ETag; 304 without a body when If-None-Match names the current version."""
         user_id = parse_user_id(request.path_params["user_id"])
         if_none_match = parse_condition(request.headers, "If-None-Match")
-        count = counted(request)
-        row = await run(
+        blob, iv, timestamp, checksum, version, unchanged = await run_counted(
             request,
             queries.fetch_record,
             user_id=user_id,
             known_versions=if_none_match.versions(weak_ok=True) if if_none_match else None,
             any_version=bool(if_none_match and if_none_match.any),
-            **count.bindings(),
         )
-        blob, iv, timestamp, checksum, version, unchanged = admit(request, count, row)
         if version is None:
             raise RecordNotFound()
         if unchanged:
@@ -132,19 +122,15 @@ class SyncRecord(HTTPEndpoint):
         If-Match only while it is at that version."""
         user_id = parse_user_id(request.path_params["user_id"])
         if_match = parse_condition(request.headers, "If-Match")
-        count = counted(request)
         if if_match is None:
-            row = await run(request, queries.erase_record, user_id=user_id, **count.bindings())
-            admit(request, count, row)
+            await run_counted(request, queries.erase_record, user_id=user_id)
             return respond(request, SUCCESS)
-        row = await run(
+        erased, _ = await run_counted(
             request,
             queries.erase_record_if_match,
             user_id=user_id,
             versions=None if if_match.any else if_match.versions(weak_ok=False),
-            **count.bindings(),
         )
-        erased, _ = admit(request, count, row)
         if not erased:
             raise PreconditionFailed(await _current_version(request, user_id))
         return respond(request, SUCCESS)
@@ -157,32 +143,24 @@ class SyncVerify(HTTPEndpoint):
         """POST /api/sync/{userId}/verify: whether a record exists (device pairing), with
         its ETag when it does."""
         user_id = parse_user_id(request.path_params["user_id"])
-        count = counted(request)
-        row = await run(request, queries.verify_record, user_id=user_id, **count.bindings())
-        (version,) = admit(request, count, row)
+        (version,) = await run_counted(request, queries.verify_record, user_id=user_id)
         return respond(request, {"exists": version is not None}, etag=version)
 
 
-async def run(request: Request, query: Any, **params: object) -> tuple:
-    """Run a named query (queries/) for this request; its one row. The statement goes
-    to PostgreSQL with those of concurrent requests, in one round trip (service/
-    batching.py), and is still its own transaction."""
-    row = await request.state.statements.fetchone(query.sql, params)
+async def run_counted(request: Request, query: Any, **params: object) -> tuple:
+    """Run a sync statement (queries/sync.sql) for this request and read its answer.
+
+    The statement counts the request against the rate limits and does its work only if
+    admitted; it travels to PostgreSQL with those of concurrent requests, in one round
+    trip (service/batching.py), and is still its own transaction. Raises 429 when the
+    request was over a limit (the statement then did nothing); otherwise keeps the
+    quota for the response headers and returns the row after the verdict columns.
+    """
+    client = request.client.host if request.client else None
+    count = request.state.limiter.count(client_ip=client)
+    row = await request.state.statements.fetchone(query.sql, {**params, **count.bindings()})
     if row is None:  # every sync statement answers one row; say so if that ever breaks
         raise RuntimeError(f"{query.__name__} returned no row")
-    return row
-
-
-def counted(request: Request) -> Count:
-    """What this request counts against: its statement counts it, in one round trip."""
-    client = request.client.host if request.client else None
-    return request.state.limiter.count(client_ip=client)
-
-
-def admit(request: Request, count: Count, row: tuple) -> tuple:
-    """Read the rate-limit verdict at the head of a sync statement's row: raise 429 when
-    the request was over a limit (the statement then did nothing), else keep the quota
-    for the response headers and return the rest of the row."""
     admitted, user_hits, ip_hits, reset_seconds, *rest = row
     request.state.quota = count.verdict(admitted, user_hits, ip_hits, reset_seconds)
     return tuple(rest)
