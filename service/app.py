@@ -231,6 +231,7 @@ def _lifespan(settings: Settings):
                         queue_timeout=settings.pool_timeout,
                         max_waiting=settings.pool_max_waiting,
                         batch_deadline=settings.statement_timeout_ms / 1000 or None,
+                        pipelined=settings.pipeline,
                     ),
                     "limiter": limiter,
                     "settings": settings,

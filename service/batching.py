@@ -19,6 +19,10 @@ timeout, a batch still running after `batch_deadline` (the statement timeout) ha
 statements cancelled as they come up: each fails (rolled back, a 503) instead of waiting
 its own turn to time out. A request is still only ever answered with what its own
 statement did.
+
+`pipelined=False` (DB_PIPELINE=off) sends one statement per round trip, without pipeline
+mode: PgBouncer before 1.21 in transaction mode can hand a connection to another client
+between the Syncs of one pipeline, and the fault suite saw requests hang that way.
 """
 
 from __future__ import annotations
@@ -54,13 +58,15 @@ class StatementBatcher:
         max_waiting: int,
         batch_deadline: float | None = None,
         max_batch_size: int = 64,
+        pipelined: bool = True,
     ) -> None:
         self.pool = pool
+        self.pipelined = pipelined
         self.batch_deadline = batch_deadline
         self.max_batches = max_batches
         self.queue_timeout = queue_timeout
         self.max_waiting = max_waiting
-        self.max_batch_size = max_batch_size
+        self.max_batch_size = max_batch_size if pipelined else 1
         self._queue: deque[_Waiting] = deque()
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -120,12 +126,17 @@ class StatementBatcher:
             async with self.pool.connection() as conn:
                 watchdog = self._watch(conn)
                 try:
-                    async with conn.pipeline() as pipeline:
-                        for waiting in batch:
-                            cursor = conn.cursor()
-                            sent.append((waiting, cursor))  # queued even if execute raises
-                            await cursor.execute(waiting.sql, waiting.params)
-                            _end_transaction(pipeline)
+                    if not self.pipelined:  # a batch of one, as a plain statement
+                        cursor = conn.cursor()
+                        sent.append((batch[0], cursor))
+                        await cursor.execute(batch[0].sql, batch[0].params)
+                    else:
+                        async with conn.pipeline() as pipeline:
+                            for waiting in batch:
+                                cursor = conn.cursor()
+                                sent.append((waiting, cursor))  # queued even if it raises
+                                await cursor.execute(waiting.sql, waiting.params)
+                                _end_transaction(pipeline)
                 except psycopg.Error as exc:
                     failure = exc  # an earlier statement's error, or the connection's
                 finally:

@@ -28,6 +28,7 @@ class Settings:
     pool_max_waiting: int = 200
     statement_timeout_ms: int = 10_000
     prepare_threshold: int | None = 5
+    pipeline: bool = True
     body_timeout: float = 30.0
     upload_buffer_mb: int = 100
     startup_timeout: float = 30.0
@@ -93,6 +94,7 @@ class Settings:
             pool_max_waiting=_int(env, "DB_POOL_MAX_WAITING", 200, minimum=0),
             statement_timeout_ms=_int(env, "DB_STATEMENT_TIMEOUT_MS", 10_000, minimum=0),
             prepare_threshold=_prepare_threshold(env),
+            pipeline=_bool(env, "DB_PIPELINE", True),
             body_timeout=_float(env, "REQUEST_BODY_TIMEOUT", 30.0),
             upload_buffer_mb=_int(env, "UPLOAD_BUFFER_MB", 100, minimum=4),
             startup_timeout=_float(env, "STARTUP_TIMEOUT", 30.0),

@@ -135,3 +135,28 @@ def test_a_batch_past_its_deadline_has_its_statements_cancelled_not_queued(setti
     results, elapsed = asyncio.run(with_batcher(settings, body, max_batches=1, batch_deadline=0.3))
     assert all(isinstance(r, psycopg.errors.QueryCanceled) for r in results), results
     assert elapsed < 1.0
+
+
+def test_unpipelined_each_statement_is_its_own_round_trip_and_still_isolated(settings):
+    """DB_PIPELINE=off (PgBouncer before 1.21): no pipeline mode, same answers."""
+    pipelines: list[int] = []
+
+    async def body(batcher, pool):
+        original = psycopg.AsyncConnection.pipeline
+
+        def counting_pipeline(self, *args, **kwargs):
+            pipelines.append(1)
+            return original(self, *args, **kwargs)
+
+        psycopg.AsyncConnection.pipeline = counting_pipeline
+        try:
+            calls = [batcher.fetchone(COUNT, count_params(new_user_id())) for _ in range(4)]
+            calls.append(batcher.fetchone(VERSION, {"user_id": "not-a-uuid"}))
+            return await asyncio.gather(*calls, return_exceptions=True)
+        finally:
+            psycopg.AsyncConnection.pipeline = original
+
+    results = asyncio.run(with_batcher(settings, body, pipelined=False))
+    assert pipelines == []
+    assert all(isinstance(r, tuple) and r[0] is True for r in results[:4])
+    assert isinstance(results[4], psycopg.errors.InvalidTextRepresentation)

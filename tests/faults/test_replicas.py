@@ -32,6 +32,7 @@ ROUNDS = 3
 EXPECTED_VERSIONS = sorted(p.stem for p in (PROJECT_ROOT / "migrations").glob("[0-9]*.sql"))
 BEHIND_PGBOUNCER = {
     "DB_PREPARE_THRESHOLD": "off",
+    "DB_PIPELINE": "off",
     "DB_STATEMENT_TIMEOUT_MS": "0",
     "MIGRATE_ON_START": "false",
     "DB_POOL_MAX": "10",
