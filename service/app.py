@@ -33,6 +33,7 @@ from service.db import (
     wait_for_database,
 )
 from service.errors import ServiceError, ServiceUnavailable, ValidationFailed
+from service.logs import configure_logging
 from service.openapi import openapi_endpoint
 from service.periodic import running_every
 from service.ratelimit import RateLimiter
@@ -133,8 +134,13 @@ def create_app(settings: Settings) -> Starlette:
 
 
 def app_from_env() -> Starlette:
-    """uvicorn's factory (`--factory`): each worker process builds its app from the env."""
-    return create_app(Settings.from_env())
+    """uvicorn's factory (`--factory`): each worker process builds its app from the env.
+
+    Workers are spawned, not forked, so the CLI's logging set-up does not reach them:
+    each worker sets up its own, or its access lines and INFO logs are dropped."""
+    settings = Settings.from_env()
+    configure_logging(log_format=settings.log_format, log_level=settings.log_level)
+    return create_app(settings)
 
 
 async def health_live(request: Request) -> Response:

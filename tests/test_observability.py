@@ -65,11 +65,16 @@ def test_metrics_count_requests_by_route_and_status_and_never_name_a_user(databa
     assert user_id not in text and user_id.replace("-", "") not in text
 
 
-def test_json_logs_have_one_object_per_request_with_a_user_hash_only(database_url, tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_json_logs_have_one_object_per_request_with_a_user_hash_only(
+    database_url, tmp_path, workers
+):
+    # With 2 workers each worker process (spawned, not forked) must set up logging
+    # itself: once it did not, and the workers' access lines were silently dropped.
     log_file = tmp_path / "service.log"
     user_id = new_user_id()
     with service_process(
-        database_url, log_file=log_file, LOG_FORMAT="json", LOG_LEVEL="INFO"
+        database_url, log_file=log_file, LOG_FORMAT="json", LOG_LEVEL="INFO", WORKERS=workers
     ) as base:
         httpx2.put(f"{base}/api/sync/{user_id}", json=PAYLOAD)
         httpx2.get(f"{base}/api/sync/{user_id}")
