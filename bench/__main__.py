@@ -112,12 +112,18 @@ def report(runs: dict[str, dict[str, list[Result]]], large: dict[str, object]) -
             "ratio": ratio,
             "round_ratios": ratios,
         }
-    print("\nCPU per request (us), service load runs, median round: service / PostgreSQL / wrk")
+    print(
+        "\nCPU per request (us), median rounds: service / PostgreSQL / wrk under the "
+        "service load | PostgreSQL / pgbench under the ceiling"
+    )
     for case, sides in runs.items():
         cpu = median_result(sides["service"]).cpu_us or {}
+        ceiling_cpu = median_result(sides["ceiling"]).cpu_us or {}
         print(
             f"{case:<8} "
             + " / ".join(f"{cpu.get(k, 0):.0f}" for k in ("service", "postgres", "wrk"))
+            + " | "
+            + " / ".join(f"{ceiling_cpu.get(k, 0):.0f}" for k in ("postgres", "pgbench"))
         )
     if not large:
         return out

@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from bench.load import Result
+from bench.load import Result, children_cpu, cpu_seconds
 from service.db import queries
 
 USER_ID = "CAST('00000000-0000-4000-8000-' || lpad(to_hex(CAST(:n AS integer)), 12, '0') AS uuid)"
@@ -88,6 +88,7 @@ def run_pgbench(
         }
         for key, value in variables.items():
             args += ["-D", f"{key}={value}"]
+        before, children_before = cpu_seconds(), children_cpu()
         subprocess.run(
             [
                 pgbench, "-n", "-M", "prepared", f"-c{clients}", f"-j{threads}", f"-T{seconds}",
@@ -95,6 +96,10 @@ def run_pgbench(
             ],
             check=True, capture_output=True, text=True,
         )  # fmt: skip
+        used = {
+            "postgres": cpu_seconds()["postgres"] - before["postgres"],
+            "pgbench": children_cpu() - children_before,
+        }
         latencies, failures, first, last = [], 0, None, None
         for log in Path(tmp).glob("log*"):
             for line in log.read_text().splitlines():
@@ -119,4 +124,5 @@ def run_pgbench(
         p90=pct(90),
         p99=pct(99),
         errors=failures,
+        cpu_us={k: v * 1e6 / count for k, v in used.items()},
     )

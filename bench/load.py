@@ -52,7 +52,7 @@ def run_wrk(
 ) -> Result:
     """Run one wrk load of `mode` (get, put, verify, mixed) and parse its summary."""
     before = cpu_seconds()
-    children_before = _children_cpu()
+    children_before = children_cpu()
     out = subprocess.run(
         [
             wrk_path(), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
@@ -61,7 +61,7 @@ def run_wrk(
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     after = cpu_seconds()
-    after["wrk"] = before["wrk"] + _children_cpu() - children_before  # wrk has exited
+    after["wrk"] = before["wrk"] + children_cpu() - children_before  # wrk has exited
     line = next(x for x in out.stdout.splitlines() if x.startswith("BENCH_JSON "))
     data = json.loads(line.removeprefix("BENCH_JSON "))
     errors = sum(
@@ -79,7 +79,8 @@ def run_wrk(
     )
 
 
-def _children_cpu() -> float:
+def children_cpu() -> float:
+    """CPU seconds of this process's exited children so far (wrk, pgbench)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
@@ -87,9 +88,11 @@ def _children_cpu() -> float:
 def cpu_seconds() -> dict[str, float]:
     """CPU seconds used so far by the processes of a run, by kind: the service (its
     supervisor and workers), PostgreSQL, and wrk. Read from /proc, so deltas around a
-    load run tell where a request's CPU goes."""
+    load run tell where a request's CPU goes. PostgreSQL's count includes the backends
+    that have exited (the postmaster's reaped children: pgbench's, say)."""
     tick = os.sysconf("SC_CLK_TCK")
     totals = {"service": 0.0, "postgres": 0.0, "wrk": 0.0}
+    postgres: dict[int, tuple[int, float, float]] = {}  # pid: (parent, own, reaped)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -104,7 +107,11 @@ def cpu_seconds() -> dict[str, float]:
         if comm == "wrk":
             totals["wrk"] += used
         elif comm.startswith("postgres") or cmdline.startswith(b"postgres"):
-            totals["postgres"] += used
+            reaped = (int(fields[13]) + int(fields[14])) / tick  # cutime + cstime
+            postgres[int(entry.name)] = (int(fields[1]), used, reaped)
         elif b"spawn_main" in cmdline or b"service\0serve" in cmdline:
             totals["service"] += used
+    for parent, used, reaped in postgres.values():
+        # The postmaster (whose parent is no postgres) also counts its exited backends.
+        totals["postgres"] += used + (reaped if parent not in postgres else 0.0)
     return totals
