@@ -5,15 +5,12 @@ The raw path holds the user id, which is a secret; the line carries its short ha
 
 from __future__ import annotations
 
-import logging
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
-from service.logs import user_hash
-
-logger = logging.getLogger("service.access")
+from service.logs import log_access, user_hash
 
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH"})
 
@@ -54,18 +51,4 @@ class AccessLogMiddleware:
             if self.count_metrics:
                 metrics.REQUESTS.labels(method, template, str(status)).inc()
                 metrics.LATENCY.labels(method, template).observe(elapsed)
-            logger.info(
-                "%s %s %d %.1fms%s",
-                scope["method"],
-                template,
-                status,
-                duration_ms,
-                f" user={user}" if user else "",
-                extra={
-                    "method": scope["method"],
-                    "route": template,
-                    "status": status,
-                    "duration_ms": round(duration_ms, 2),
-                    "user": user,
-                },
-            )
+            log_access(scope["method"], template, status, duration_ms, user)
