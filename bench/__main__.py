@@ -62,8 +62,11 @@ def small_cases(
     return runs
 
 
-def large_cases(svc: stack.Service, args: argparse.Namespace, tmp: Path) -> dict[str, object]:
+def large_cases(
+    svc: stack.Service, url: str, args: argparse.Namespace, tmp: Path
+) -> dict[str, object]:
     """1 MB blobs: idle PUT+GET latency, then 32 concurrent PUTs and GETs with wrk."""
+    stack.quiesce(url)
     body = tmp / "large.json"
     stack.Payload(LARGE).write(body)
     raw = body.read_bytes()
@@ -154,7 +157,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--large-pairs", type=int, default=30)
-    parser.add_argument("--skip-large", action="store_true")
+    parser.add_argument("--skip-small", action="store_true", help="only the 1 MB cases")
+    parser.add_argument("--skip-large", action="store_true", help="only the 4 KB cases")
     parser.add_argument(
         "--unix-socket", action="store_true",
         help="service and pgbench reach PostgreSQL over a Unix socket instead of TCP",
@@ -176,8 +180,8 @@ def main() -> None:
         body = Path(tmp) / "small.json"
         fields = stack.Payload(SMALL).write(body) | {"blob_size": SMALL}
         with stack.service(url, env, Path(tmp) / "service.log") as svc:
-            runs = small_cases(svc, url, args, body, fields)
-            large = {} if args.skip_large else large_cases(svc, args, Path(tmp))
+            runs = {} if args.skip_small else small_cases(svc, url, args, body, fields)
+            large = {} if args.skip_large else large_cases(svc, url, args, Path(tmp))
         results = report(runs, large)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")

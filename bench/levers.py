@@ -1,7 +1,9 @@
 """`make bench-levers`: service settings compared side by side under the same wrk load.
 
     python -m bench.levers --variant "pool 4:DB_POOL_MAX=4" --variant "pool 16:DB_POOL_MAX=16" \
-        [--cases get,put,verify,mixed] [--rounds 5] [--seconds 5]
+        [--cases get,put,verify,mixed] [--rounds 5] [--seconds 5] [--connections 32]
+
+`--connections 1,8,16,32` runs every case at each load, for latency against load.
 
 A variant named `NAME@PATH` runs the code of another checkout at PATH, for before/after
 comparisons of code changes on one schema:
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import statistics
 import tempfile
 from pathlib import Path
@@ -41,11 +44,16 @@ def main() -> None:
     parser.add_argument("--cases", default="get,put,verify,mixed")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument(
+        "--connections", default="32",
+        help="wrk connections, or several to compare, e.g. 1,8,16,32 (latency against load)",
+    )  # fmt: skip
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--blob-bytes", type=int, default=4096)
     args = parser.parse_args()
     variants = dict(parse_variant(v) for v in args.variant)
     cases = args.cases.split(",")
+    connections = [int(c) for c in args.connections.split(",")]
     runs: dict[tuple[str, str], list[Result]] = {}
     with (
         stack.database() as url,
@@ -65,29 +73,33 @@ def main() -> None:
         for svc in running.values():
             run_wrk(svc.base_url, "mixed", users=args.users, body=body, seconds=2)  # warm-up
         for round_no in range(1, args.rounds + 1):
-            for case in cases:
+            for case, conns in itertools.product(cases, connections):
                 for name, svc in running.items():
                     stack.forget_rate_limits(url)
                     stack.settle(0.5)
                     result = run_wrk(
-                        svc.base_url, case, users=args.users, body=body, seconds=args.seconds
-                    )
-                    runs.setdefault((case, name), []).append(result)
+                        svc.base_url, case, users=args.users, body=body, seconds=args.seconds,
+                        threads=min(2, conns), connections=conns,
+                    )  # fmt: skip
+                    runs.setdefault((case, conns, name), []).append(result)
             print(f"round {round_no} done", flush=True)
     first = next(iter(variants))
-    print(f"\nmedians over {args.rounds} rounds of {args.seconds} s, wrk -t2 -c32")
-    print(f"{'case':<7} {'variant':<22} {'req/s':>7} {'ratio':>6} {'p50':>7} {'p99':>7} errors")
-    for case in cases:
-        base = statistics.median(r.rate for r in runs[(case, first)])
+    print(f"\nmedians over {args.rounds} rounds of {args.seconds} s, wrk -t2 (-t1 for -c1)")
+    print(
+        f"{'case':<7} {'conns':>5} {'variant':<22} {'req/s':>7} {'ratio':>6} {'p50':>7} "
+        f"{'p99':>7} errors"
+    )
+    for case, conns in itertools.product(cases, connections):
+        base = statistics.median(r.rate for r in runs[(case, conns, first)])
         for name in variants:
-            results = runs[(case, name)]
+            results = runs[(case, conns, name)]
             rate = statistics.median(r.rate for r in results)
             p50 = statistics.median(r.p50 for r in results)
             p99 = statistics.median(r.p99 for r in results)
             errors = sum(r.errors for r in results)
             print(
-                f"{case:<7} {name:<22} {rate:7.0f} {rate / base:6.2f} {p50:7.2f} {p99:7.2f} "
-                f"{errors}"
+                f"{case:<7} {conns:>5} {name:<22} {rate:7.0f} {rate / base:6.2f} "
+                f"{p50:7.2f} {p99:7.2f} {errors}"
             )
 
 

@@ -23,3 +23,7 @@ TRUNCATE rate_limit_hits;
 
 -- name: vacuum_analyze()!
 VACUUM ANALYZE;
+
+-- name: checkpoint()!
+-- Write out what the load runs left dirty, so an "idle machine" case starts idle.
+CHECKPOINT;

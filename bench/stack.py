@@ -120,6 +120,14 @@ def forget_rate_limits(database_url: str) -> None:
         seed_queries.forget_rate_limits(conn)
 
 
+def quiesce(database_url: str, seconds: float = 3.0) -> None:
+    """A checkpoint and a pause: the writes of earlier load runs are on disk and the
+    machine is idle before a latency measured "on an idle machine"."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        seed_queries.checkpoint(conn)
+    time.sleep(seconds)
+
+
 def table_size(database_url: str) -> int:
     with psycopg.connect(database_url, autocommit=True) as conn:
         return seed_queries.table_size(conn)
