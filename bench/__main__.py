@@ -74,10 +74,10 @@ def large_cases(
     pairs = []
     with httpx2.Client(timeout=30) as client:
         for i in range(args.large_pairs + 3):
-            url = f"{svc.base_url}/api/sync/{stack.user_id(args.users + 1 + i % 5)}"
+            record = f"{svc.base_url}/api/sync/{stack.user_id(args.users + 1 + i % 5)}"
             started = time.perf_counter()
-            put = client.put(url, content=raw, headers=headers)
-            got = client.get(url)
+            put = client.put(record, content=raw, headers=headers)
+            got = client.get(record)
             elapsed = time.perf_counter() - started
             if put.status_code != 200 or got.status_code != 200:
                 raise SystemExit(f"1 MB PUT/GET failed: {put.status_code} {got.status_code}")
@@ -157,8 +157,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--large-pairs", type=int, default=30)
-    parser.add_argument("--skip-small", action="store_true", help="only the 1 MB cases")
-    parser.add_argument("--skip-large", action="store_true", help="only the 4 KB cases")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--skip-small", action="store_true", help="only the 1 MB cases")
+    only.add_argument("--skip-large", action="store_true", help="only the 4 KB cases")
     parser.add_argument(
         "--unix-socket", action="store_true",
         help="service and pgbench reach PostgreSQL over a Unix socket instead of TCP",

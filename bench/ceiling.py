@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from bench.load import Result, children_cpu, cpu_seconds
@@ -96,6 +97,7 @@ def run_pgbench(
             ],
             check=True, capture_output=True, text=True,
         )  # fmt: skip
+        time.sleep(0.2)  # pgbench's backends exit and are reaped: their CPU is counted
         used = {
             "postgres": cpu_seconds()["postgres"] - before["postgres"],
             "pgbench": children_cpu() - children_before,

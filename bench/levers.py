@@ -54,7 +54,7 @@ def main() -> None:
     variants = dict(parse_variant(v) for v in args.variant)
     cases = args.cases.split(",")
     connections = [int(c) for c in args.connections.split(",")]
-    runs: dict[tuple[str, str], list[Result]] = {}
+    runs: dict[tuple[str, int, str], list[Result]] = {}  # (case, connections, variant)
     with (
         stack.database() as url,
         tempfile.TemporaryDirectory(prefix="logikids-bench-") as tmp,

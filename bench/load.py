@@ -89,7 +89,8 @@ def cpu_seconds() -> dict[str, float]:
     """CPU seconds used so far by the processes of a run, by kind: the service (its
     supervisor and workers), PostgreSQL, and wrk. Read from /proc, so deltas around a
     load run tell where a request's CPU goes. PostgreSQL's count includes the backends
-    that have exited (the postmaster's reaped children: pgbench's, say)."""
+    that have exited (the postmaster's reaped children: pgbench's, say). It counts every
+    PostgreSQL on the machine: run benchmarks with nothing else running."""
     tick = os.sysconf("SC_CLK_TCK")
     totals = {"service": 0.0, "postgres": 0.0, "wrk": 0.0}
     postgres: dict[int, tuple[int, float, float]] = {}  # pid: (parent, own, reaped)

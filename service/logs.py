@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import select
 import sys
 import time
 from datetime import UTC, datetime
@@ -18,7 +19,6 @@ import orjson
 
 ACCESS_LOGGER = "service.access"
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-TEXT_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"  # logging.Formatter's default, before ",msecs"
 
 # uvicorn adds `color_message` (its message with ANSI colours) to its records: not data.
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
@@ -52,9 +52,13 @@ class BatchingStreamHandler(logging.StreamHandler):
 
     The access log writes a line per request, and one write system call per line cost
     about 8% of a request's CPU (BENCHMARKS.md). Its lines are held at most `max_delay`
-    seconds or `max_lines` lines. Any other line (start-up, errors, cleanup) writes at
-    once, after the held ones, in order; so does a line logged outside an event loop,
-    and logging's shutdown flush writes whatever is held.
+    seconds, `max_lines` lines or `max_bytes` characters. Any other line (start-up,
+    errors, cleanup) writes at once, after the held ones, in order; so does a line logged
+    outside an event loop, and logging's shutdown flush writes whatever is held.
+
+    All workers share one stderr. A write of at most PIPE_BUF (4096) bytes to a pipe is
+    never interleaved with another process's, so a batch stays below that and the lines
+    of two workers cannot be spliced mid-line (docker logs, journald).
     """
 
     def __init__(
@@ -63,13 +67,16 @@ class BatchingStreamHandler(logging.StreamHandler):
         *,
         batched: str = ACCESS_LOGGER,
         max_lines: int = 64,
+        max_bytes: int = select.PIPE_BUF,
         max_delay: float = 0.2,
     ) -> None:
         super().__init__(stream)
         self.batched = batched
         self.max_lines = max_lines
+        self.max_bytes = max_bytes
         self.max_delay = max_delay
         self._lines: list[str] = []
+        self._held = 0  # characters held; access lines are ASCII, so bytes too
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -83,7 +90,10 @@ class BatchingStreamHandler(logging.StreamHandler):
         """Hold a formatted line (terminator included) if `batched`, else write it now
         after the held ones; AccessLine writes through here without a LogRecord."""
         with self.lock:
+            if self._lines and self._held + len(line) > self.max_bytes:
+                self.flush()  # what is held goes out in one write below PIPE_BUF
             self._lines.append(line)
+            self._held += len(line)
             if not batched or len(self._lines) >= self.max_lines:
                 self.flush()
             elif len(self._lines) == 1:
@@ -95,7 +105,7 @@ class BatchingStreamHandler(logging.StreamHandler):
     def flush(self) -> None:
         with self.lock:
             if self._lines:
-                lines, self._lines = "".join(self._lines), []
+                lines, self._lines, self._held = "".join(self._lines), [], 0
                 try:
                     self.stream.write(lines)
                 except Exception:
@@ -104,19 +114,31 @@ class BatchingStreamHandler(logging.StreamHandler):
 
 
 class AccessLine:
-    """Writes one access line per request straight into the batching handler, in the
-    same text or JSON shape the handler's formatter gives every other line.
+    """Writes one access line per request straight into the batching handler, shaped
+    as configure_logging's formatter for `log_format` (text or JSON) shapes an INFO
+    record of `service.access`.
 
     Why not `logger.info(...)`: building, filtering and formatting a LogRecord cost
     more than a third of a request's time outside the database (BENCHMARKS.md), and
-    the access line is the one line every request writes. tests/test_logs.py checks
-    that both ways give the same line."""
+    the access line is the one line every request writes. It is used only while that
+    handler is logging's sole route for the line (`log_access`); tests/test_logs.py
+    checks that both ways write the same line."""
 
     def __init__(self, handler: BatchingStreamHandler, *, log_format: str) -> None:
         self.handler = handler
         self.json = log_format == "json"
-        self._second = -1
-        self._second_text = ""
+        self._second: tuple[int, str] = (-1, "")  # one tuple: read and replaced at once
+
+    def is_sole_route(self) -> bool:
+        """Would logging hand an access record to this handler, and to it alone,
+        unfiltered? (Not when a test or an embedding app added handlers or filters.)"""
+        return (
+            logging.root.handlers == [self.handler]
+            and not self.handler.filters
+            and not _access_logger.handlers
+            and not _access_logger.filters
+            and _access_logger.propagate
+        )
 
     def __call__(
         self, method: str, route: str, status: int, duration_ms: float, user: str | None
@@ -146,20 +168,29 @@ class AccessLine:
     def _asctime(self, now: float) -> str:
         """logging.Formatter's default asctime; the date part changes once a second."""
         second = int(now)
-        if second != self._second:
-            self._second = second
-            self._second_text = time.strftime(TEXT_DATE_FORMAT, time.localtime(second))
-        return f"{self._second_text},{int((now - second) * 1000):03d}"
+        cached_second, text = self._second
+        if second != cached_second:
+            formatter = logging.Formatter
+            text = time.strftime(formatter.default_time_format, formatter.converter(second))
+            self._second = (second, text)
+        return _with_msecs(text, now - second)
+
+
+def _with_msecs(text: str, fraction: float) -> str:
+    """logging.Formatter's asctime: the date and time, then the milliseconds."""
+    return logging.Formatter.default_msec_format % (text, int(fraction * 1000))
 
 
 def log_access(method: str, route: str, status: int, duration_ms: float, user: str | None) -> None:
-    """The access line for one request, at INFO on the `service.access` logger."""
+    """The access line for one request: what an INFO record of the `service.access`
+    logger would write, written faster when configure_logging's handler is its only
+    route (AccessLine)."""
     if not _access_logger.isEnabledFor(logging.INFO):
         return
-    if _access_line is not None:
+    if _access_line is not None and _access_line.is_sole_route():
         _access_line(method, route, status, duration_ms, user)
         return
-    # Logging set up by someone else (tests, an embedding app): the standard way.
+    # Logging arranged otherwise (tests, an embedding app): the standard way.
     _access_logger.info(
         "%s %s %d %.1fms%s",
         method,
@@ -192,12 +223,15 @@ def configure_logging(*, log_format: str, log_level: str) -> None:
     # as the logging docs' "Optimization" section suggests (a getpid() system call and
     # two lookups per access line).
     logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
+    logging.logAsyncioTasks = False  # Python 3.12+: a current_task() per record
     handler = BatchingStreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
+    for previous in root.handlers:  # set up again (a single-worker server): drop cleanly
+        previous.flush()
     root.handlers[:] = [handler]
     root.setLevel(log_level)
     for name in ("uvicorn", "uvicorn.error"):

@@ -10,12 +10,13 @@ import time
 
 import pytest
 
+import service.logs
 from service.logs import (
-    ACCESS_LOGGER,
     TEXT_FORMAT,
     AccessLine,
     BatchingStreamHandler,
     JsonFormatter,
+    log_access,
 )
 
 
@@ -78,32 +79,87 @@ def test_a_full_batch_is_written_without_waiting():
     assert stream.getvalue().splitlines()[-1] == "service.access GET 3"
 
 
+@pytest.fixture
+def routed(monkeypatch):
+    """Install `h` as logging's only route, the way configure_logging does, at `level`;
+    `fast` chooses AccessLine or the standard LogRecord path. Restored afterwards."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+
+    def install(h: BatchingStreamHandler, log_format: str, *, fast: bool, level=logging.INFO):
+        root.handlers[:] = [h]
+        root.setLevel(level)
+        line = AccessLine(h, log_format=log_format) if fast else None
+        monkeypatch.setattr(service.logs, "_access_line", line)
+
+    yield install
+    root.handlers[:], _ = saved
+    root.setLevel(saved[1])
+
+
+def formatter_for(log_format: str) -> logging.Formatter:
+    return JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+
+
 @pytest.mark.parametrize("log_format", ["text", "json"])
 @pytest.mark.parametrize("user", ["abcdef123456", None])
-def test_an_access_line_is_the_line_logging_would_have_written(monkeypatch, log_format, user):
+def test_an_access_line_is_the_line_logging_would_have_written(
+    monkeypatch, routed, log_format, user
+):
     """AccessLine skips the LogRecord for speed; what it writes must not change."""
     fixed = 1_764_400_000.0423
+    monkeypatch.setattr(time, "time", lambda: fixed)
+    monkeypatch.setattr(time, "time_ns", lambda: int(fixed * 1e9))
     lines = []
     for fast in (True, False):
         stream = io.StringIO()
         h = BatchingStreamHandler(stream)
-        h.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
-        if fast:
-            monkeypatch.setattr(time, "time", lambda: fixed)
-            AccessLine(h, log_format=log_format)("PUT", "/api/sync/{user_id}", 200, 1.234, user)
-            monkeypatch.undo()
-        else:
-            message = "PUT /api/sync/{user_id} 200 1.2ms" + (f" user={user}" if user else "")
-            extra = {
-                "method": "PUT",
-                "route": "/api/sync/{user_id}",
-                "status": 200,
-                "duration_ms": 1.23,
-                "user": user,
-            }
-            entry = logging.LogRecord(ACCESS_LOGGER, logging.INFO, __file__, 1, message, (), None)
-            entry.__dict__.update(extra, created=fixed, msecs=int((fixed % 1) * 1000) + 0.0)
-            h.handle(entry)
+        h.setFormatter(formatter_for(log_format))
+        routed(h, log_format, fast=fast)
+        log_access("PUT", "/api/sync/{user_id}", 200, 1.234, user)
         lines.append(stream.getvalue())
     assert lines[0] == lines[1]
     assert lines[0].endswith("\n") and lines[0].count("\n") == 1
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_no_access_line_below_the_configured_level(routed, fast):
+    stream = io.StringIO()
+    h = handler(stream)
+    routed(h, "text", fast=fast, level=logging.WARNING)
+    log_access("GET", "/api/sync/{user_id}", 200, 1.0, None)
+    h.flush()
+    assert stream.getvalue() == ""
+
+
+def test_another_handler_gets_the_access_line_too(routed):
+    """With a second handler (pytest's caplog, an error tracker) the fast path would
+    bypass it: the standard path is taken instead."""
+    ours, theirs = io.StringIO(), io.StringIO()
+    h = handler(ours)
+    routed(h, "text", fast=True)
+    extra = logging.StreamHandler(theirs)
+    extra.setFormatter(logging.Formatter("%(name)s %(message)s"))
+    logging.getLogger().addHandler(extra)
+    log_access("GET", "/api/sync/{user_id}", 200, 1.0, None)
+    assert (
+        ours.getvalue() == theirs.getvalue() == "service.access GET /api/sync/{user_id} 200 1.0ms\n"
+    )
+
+
+def test_a_batch_stays_below_pipe_buf_so_workers_never_splice_lines():
+    stream = io.StringIO()
+    h = handler(stream, max_bytes=100, max_delay=60)
+    writes = []
+    stream.write = lambda text: writes.append(text) or len(text)  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        for i in range(10):
+            h.handle(record("service.access", f"GET {i} " + "x" * 20))
+
+    asyncio.run(scenario())
+    h.flush()
+    assert all(len(w) <= 100 for w in writes) and len(writes) > 1
+    assert "".join(writes).splitlines() == [
+        f"service.access GET {i} " + "x" * 20 for i in range(10)
+    ]
