@@ -140,27 +140,11 @@ class AccessLine:
             and _access_logger.propagate
         )
 
-    def __call__(
-        self, method: str, route: str, status: int, duration_ms: float, user: str | None
-    ) -> None:
+    def __call__(self, message: str, fields: dict[str, object]) -> None:
         now = time.time()
-        message = f"{method} {route} {status} {duration_ms:.1f}ms" + (
-            f" user={user}" if user else ""
-        )
         if self.json:
-            line = orjson.dumps(
-                {
-                    "time": _iso_time(now),
-                    "level": "INFO",
-                    "logger": ACCESS_LOGGER,
-                    "message": message,
-                    "method": method,
-                    "route": route,
-                    "status": status,
-                    "duration_ms": round(duration_ms, 2),
-                    "user": user,
-                }
-            ).decode()
+            entry = {"time": _iso_time(now), "level": "INFO", "logger": ACCESS_LOGGER}
+            line = orjson.dumps({**entry, "message": message, **fields}).decode()
         else:
             line = f"{self._asctime(now)} INFO    {ACCESS_LOGGER}: {message}"
         self.handler.write_line(line + self.handler.terminator, batched=True)
@@ -173,12 +157,7 @@ class AccessLine:
             formatter = logging.Formatter
             text = time.strftime(formatter.default_time_format, formatter.converter(second))
             self._second = (second, text)
-        return _with_msecs(text, now - second)
-
-
-def _with_msecs(text: str, fraction: float) -> str:
-    """logging.Formatter's asctime: the date and time, then the milliseconds."""
-    return logging.Formatter.default_msec_format % (text, int(fraction * 1000))
+        return logging.Formatter.default_msec_format % (text, int((now - second) * 1000))
 
 
 def log_access(method: str, route: str, status: int, duration_ms: float, user: str | None) -> None:
@@ -187,25 +166,18 @@ def log_access(method: str, route: str, status: int, duration_ms: float, user: s
     route (AccessLine)."""
     if not _access_logger.isEnabledFor(logging.INFO):
         return
+    message = f"{method} {route} {status} {duration_ms:.1f}ms" + (f" user={user}" if user else "")
+    fields = {
+        "method": method,
+        "route": route,
+        "status": status,
+        "duration_ms": round(duration_ms, 2),
+        "user": user,
+    }
     if _access_line is not None and _access_line.is_sole_route():
-        _access_line(method, route, status, duration_ms, user)
-        return
-    # Logging arranged otherwise (tests, an embedding app): the standard way.
-    _access_logger.info(
-        "%s %s %d %.1fms%s",
-        method,
-        route,
-        status,
-        duration_ms,
-        f" user={user}" if user else "",
-        extra={
-            "method": method,
-            "route": route,
-            "status": status,
-            "duration_ms": round(duration_ms, 2),
-            "user": user,
-        },
-    )
+        _access_line(message, fields)
+    else:  # logging arranged otherwise (tests, an embedding app): the standard way
+        _access_logger.info("%s", message, extra=fields)
 
 
 def _iso_time(created: float) -> str:

@@ -4,13 +4,15 @@ own transaction with its own answer, and waiting is bounded as the pool bounded 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 
 import psycopg
 import pytest
-from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
+from psycopg_pool import PoolTimeout, TooManyRequests
 
 from service.batching import StatementBatcher
-from service.db import connection_kwargs, queries
+from service.db import create_pool, queries
 from tests.conftest import new_user_id, test_queries
 
 COUNT = queries.count_request.sql
@@ -26,11 +28,24 @@ def count_params(user_id: str) -> dict[str, object]:
     }  # fmt: skip
 
 
+@contextlib.contextmanager
+def counting_pipelines(opened: list[int]) -> Iterator[None]:
+    """Append to `opened` each time a connection enters pipeline mode."""
+    original = psycopg.AsyncConnection.pipeline
+
+    def counting_pipeline(self, *args, **kwargs):
+        opened.append(1)
+        return original(self, *args, **kwargs)
+
+    psycopg.AsyncConnection.pipeline = counting_pipeline
+    try:
+        yield
+    finally:
+        psycopg.AsyncConnection.pipeline = original
+
+
 async def with_batcher(settings, body, **kwargs):
-    pool = AsyncConnectionPool(
-        settings.database_url, min_size=1, max_size=2, kwargs=connection_kwargs(settings),
-        open=False,
-    )  # fmt: skip
+    pool = create_pool(settings.with_changes(pool_min=1, pool_max=2))
     await pool.open(wait=True)
     try:
         options = {"max_batches": 2, "queue_timeout": 5.0, "max_waiting": 100, **kwargs}
@@ -44,17 +59,8 @@ def test_concurrent_statements_share_round_trips_and_each_gets_its_own_row(setti
     executes: list[int] = []
 
     async def body(batcher, pool):
-        original = psycopg.AsyncConnection.pipeline
-
-        def counting_pipeline(self, *args, **kwargs):
-            executes.append(1)
-            return original(self, *args, **kwargs)
-
-        psycopg.AsyncConnection.pipeline = counting_pipeline
-        try:
+        with counting_pipelines(executes):
             return await asyncio.gather(*(batcher.fetchone(COUNT, count_params(u)) for u in users))
-        finally:
-            psycopg.AsyncConnection.pipeline = original
 
     rows = asyncio.run(with_batcher(settings, body))
     assert [tuple(r) for r in rows] == [(True, 1, None, rows[0][3])] * 50
@@ -142,19 +148,10 @@ def test_unpipelined_each_statement_is_its_own_round_trip_and_still_isolated(set
     pipelines: list[int] = []
 
     async def body(batcher, pool):
-        original = psycopg.AsyncConnection.pipeline
-
-        def counting_pipeline(self, *args, **kwargs):
-            pipelines.append(1)
-            return original(self, *args, **kwargs)
-
-        psycopg.AsyncConnection.pipeline = counting_pipeline
-        try:
+        with counting_pipelines(pipelines):
             calls = [batcher.fetchone(COUNT, count_params(new_user_id())) for _ in range(4)]
             calls.append(batcher.fetchone(VERSION, {"user_id": "not-a-uuid"}))
             return await asyncio.gather(*calls, return_exceptions=True)
-        finally:
-            psycopg.AsyncConnection.pipeline = original
 
     results = asyncio.run(with_batcher(settings, body, pipelined=False))
     assert pipelines == []
