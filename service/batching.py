@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,31 +127,30 @@ class StatementBatcher:
                 watchdog = self._watch(conn)
                 try:
                     if not self.pipelined:  # a batch of one, as a plain statement
-                        cursor = conn.cursor()
+                        cursor = _StatementCursor(conn)
                         sent.append((batch[0], cursor))
                         await cursor.execute(batch[0].sql, batch[0].params)
                     else:
                         async with conn.pipeline() as pipeline:
-                            for waiting in batch:
-                                cursor = conn.cursor()
-                                sent.append((waiting, cursor))  # queued even if it raises
-                                await cursor.execute(waiting.sql, waiting.params)
-                                _end_transaction(pipeline)
+                            with _exchanges_deferred(pipeline):
+                                for waiting in batch:
+                                    cursor = _StatementCursor(conn)
+                                    sent.append((waiting, cursor))  # queued even if it raises
+                                    await cursor.execute(waiting.sql, waiting.params)
+                                    _end_transaction(pipeline)
+                                _write_queued(pipeline)
                 except psycopg.Error as exc:
                     failure = exc  # an earlier statement's error, or the connection's
                 finally:
                     if watchdog is not None:
                         watchdog.cancel()
-                if isinstance(failure, psycopg.OperationalError | psycopg.InterfaceError):
-                    _fail_all(batch, failure)
-                    return []
                 for waiting, cursor in sent:
                     if waiting.result.done():
                         continue
                     if _succeeded(cursor):
                         waiting.result.set_result(await cursor.fetchone())
-                    else:
-                        waiting.result.set_exception(failure or _no_result())
+                    else:  # its own error; else the batch's (a broken connection)
+                        waiting.result.set_exception(cursor.error or failure or _no_result())
         except BaseException as exc:  # no connection, or worse: every request hears it
             _fail_all(batch, exc if isinstance(exc, Exception) else _no_result())
             if not isinstance(exc, Exception):
@@ -175,12 +174,63 @@ class StatementBatcher:
         return asyncio.get_running_loop().create_task(cancel_from_deadline())
 
 
+@contextlib.contextmanager
+def _exchanges_deferred(pipeline: psycopg.AsyncPipeline) -> Iterator[None]:
+    """Queue statements without psycopg's exchange with the server after each one.
+
+    In pipeline mode psycopg's `execute` polls the socket, flushes and reads whatever
+    results have arrived after every statement. For a batch queued in one go that is
+    wasted work: `python -m bench.levers` measured GET, verify and the mixed workload
+    1.10-1.15x faster without it (BENCHMARKS.md). Leaving the block restores the
+    exchange, and the pipeline's exit sends the batch and reads every result, as before.
+    This shadows a private method of psycopg's pipeline; tests/test_batching.py fails if
+    psycopg renames it."""
+    pipeline._communicate_gen = _no_exchange  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del pipeline._communicate_gen
+
+
+def _no_exchange() -> Iterator[None]:
+    return
+    yield  # a generator that yields nothing: psycopg's `yield from` finds nothing to do
+
+
+def _write_queued(pipeline: psycopg.AsyncPipeline) -> None:
+    """Hand the queued statements and their Syncs to libpq now. Each Sync flushes what
+    is buffered so far without waiting (the connection is non-blocking), so the batch
+    is on its way while psycopg's exit waits for the results."""
+    queue = pipeline.command_queue
+    while queue:
+        queue.popleft()()
+
+
 def _end_transaction(pipeline: psycopg.AsyncPipeline) -> None:
     """Queue a Sync after the statement just queued, without waiting for results: the
     statement becomes its own transaction. psycopg has no public call for this (its
     `sync()` also waits for the results), so this uses the one its pipeline uses
     itself; tests/test_batching.py fails if that ever changes."""
     pipeline._enqueue_sync()
+
+
+class _StatementCursor(psycopg.AsyncCursor[Any]):
+    """A cursor that keeps its own statement's error. A pipeline raises only the first
+    error among the results it reads, and each request must hear its own: a timeout
+    stays a 503 even when another statement of its batch broke a CHECK."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, connection: psycopg.AsyncConnection[Any]) -> None:
+        super().__init__(connection)
+        self.error: psycopg.Error | None = None
+
+    def _check_results(self, results: list[psycopg.pq.abc.PGresult]) -> None:
+        try:
+            super()._check_results(results)
+        except psycopg.Error as exc:
+            self.error = exc
+            raise
 
 
 def _succeeded(cursor: psycopg.AsyncCursor[Any]) -> bool:

@@ -19,6 +19,7 @@ COUNT = queries.count_request.sql
 VERSION = queries.record_version.sql
 ONE = test_queries.batching_one.sql
 SLEEP = test_queries.batching_sleep.sql
+DIVIDE = test_queries.batching_divide.sql
 
 
 def count_params(user_id: str) -> dict[str, object]:
@@ -83,6 +84,57 @@ def test_a_failing_statement_fails_alone_and_the_others_still_commit(settings, d
     assert all(isinstance(r, tuple) and r[0] is True for i, r in enumerate(results) if i != 5)
     counted = {bucket for bucket, *_ in test_queries.rate_limit_rows(db)}
     assert counted == {f"user:{u}" for u in users}  # none rolled back with the failure
+
+
+def test_each_failing_statement_of_a_batch_hears_its_own_error(settings):
+    """A pipeline raises only the first error it reads; the second failure of the same
+    batch must not be answered with it (a 400 for a timeout, say)."""
+
+    async def body(batcher, pool):
+        calls = [
+            batcher.fetchone(ONE, {}),
+            batcher.fetchone(VERSION, {"user_id": "not-a-uuid"}),
+            batcher.fetchone(ONE, {}),
+            batcher.fetchone(DIVIDE, {"divisor": 0}),
+            batcher.fetchone(DIVIDE, {"divisor": 1}),
+        ]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    opened: list[int] = []
+    with counting_pipelines(opened):
+        results = asyncio.run(with_batcher(settings, body, max_batches=1))
+    assert len(opened) == 1  # one batch, so the two failures shared a pipeline
+    assert isinstance(results[1], psycopg.errors.InvalidTextRepresentation)
+    assert isinstance(results[3], psycopg.errors.DivisionByZero)
+    assert [tuple(results[i]) for i in (0, 2, 4)] == [(1,), (1,), (1,)]
+
+
+def test_a_batch_is_queued_whole_before_psycopg_exchanges_with_the_server(settings):
+    """psycopg's pipeline polls, flushes and reads after every execute; the batcher
+    defers that to the pipeline's exit (1.10-1.15x, BENCHMARKS.md). This fails if
+    psycopg renames the private method the batcher shadows."""
+    from psycopg._pipeline_base import BasePipeline
+
+    exchanges: list[int] = []
+    pipelines: list[int] = []
+    original = BasePipeline._communicate_gen
+
+    def counting_exchange(self):
+        exchanges.append(1)
+        return original(self)
+
+    async def body(batcher, pool):
+        with counting_pipelines(pipelines):
+            return await asyncio.gather(*(batcher.fetchone(ONE, {}) for _ in range(40)))
+
+    BasePipeline._communicate_gen = counting_exchange
+    try:
+        rows = asyncio.run(with_batcher(settings, body))
+    finally:
+        BasePipeline._communicate_gen = original
+    assert [tuple(r) for r in rows] == [(1,)] * 40
+    assert len(pipelines) < 40
+    assert len(exchanges) == len(pipelines)  # only each pipeline's exit, not per statement
 
 
 def test_a_statement_nobody_takes_in_time_is_a_pool_timeout(settings):

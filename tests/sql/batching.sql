@@ -7,6 +7,10 @@ SELECT pg_sleep(:seconds);
 -- name: batching_one()$
 SELECT 1;
 
+-- name: batching_divide(divisor)$
+-- Fails with division_by_zero when :divisor is 0: an error of another class.
+SELECT 1 / CAST(:divisor AS integer);
+
 -- name: batching_terminate_other_sessions()!
 -- Break every other connection to this database, as a crash would.
 SELECT pg_terminate_backend(pid) FROM pg_stat_activity
