@@ -43,6 +43,7 @@ class _Waiting:
     sql: str
     params: Mapping[str, Any]
     result: asyncio.Future[tuple[Any, ...] | None]
+    size: int
     timer: asyncio.TimerHandle | None = field(default=None)
 
 
@@ -58,6 +59,7 @@ class StatementBatcher:
         max_waiting: int,
         batch_deadline: float | None = None,
         max_batch_size: int = 64,
+        max_batch_bytes: int = 4 * 1024 * 1024,
         pipelined: bool = True,
     ) -> None:
         self.pool = pool
@@ -67,6 +69,7 @@ class StatementBatcher:
         self.queue_timeout = queue_timeout
         self.max_waiting = max_waiting
         self.max_batch_size = max_batch_size if pipelined else 1
+        self.max_batch_bytes = max_batch_bytes
         self._queue: deque[_Waiting] = deque()
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -76,7 +79,7 @@ class StatementBatcher:
         if self.max_waiting and len(self._queue) >= self.max_waiting:
             raise TooManyRequests(f"{len(self._queue)} statements are already waiting")
         loop = asyncio.get_running_loop()
-        waiting = _Waiting(sql, params, loop.create_future())
+        waiting = _Waiting(sql, params, loop.create_future(), _text_bytes(params))
         waiting.timer = loop.call_later(self.queue_timeout, self._expire, waiting)
         self._queue.append(waiting)
         if self._running < self.max_batches:
@@ -99,17 +102,25 @@ class StatementBatcher:
         )
 
     async def _run_batches(self) -> None:
-        """Take everything waiting (up to max_batch_size), run it, repeat until the
-        queue is empty."""
+        """Take everything waiting (up to max_batch_size statements and max_batch_bytes
+        of parameters, but at least one), run it, repeat until the queue is empty.
+
+        The byte bound matters because a batch is handed to libpq whole before any of it
+        is sent (`_write_queued`): libpq's buffer grows to the batch and keeps that size
+        for the connection's life, so 64 one-megabyte uploads must not share a batch."""
         try:
             while self._queue:
                 batch: list[_Waiting] = []
+                size = 0
                 while self._queue and len(batch) < self.max_batch_size:
+                    if batch and size + self._queue[0].size > self.max_batch_bytes:
+                        break
                     waiting = self._queue.popleft()
                     if waiting.timer is not None:
                         waiting.timer.cancel()
                     if not waiting.result.done():  # not cancelled by a departed client
                         batch.append(waiting)
+                        size += waiting.size
                 if batch:
                     not_sent = await self._run(batch)
                     self._queue.extendleft(reversed(not_sent))  # first in line again
@@ -147,10 +158,13 @@ class StatementBatcher:
                 for waiting, cursor in sent:
                     if waiting.result.done():
                         continue
-                    if _succeeded(cursor):
-                        waiting.result.set_result(await cursor.fetchone())
-                    else:  # its own error; else the batch's (a broken connection)
+                    if not _succeeded(cursor):  # its own error; else the batch's (broken)
                         waiting.result.set_exception(cursor.error or failure or _no_result())
+                        continue
+                    try:  # reads the row already received: an error here is this row's
+                        waiting.result.set_result(await cursor.fetchone())
+                    except Exception as exc:
+                        waiting.result.set_exception(exc)
         except BaseException as exc:  # no connection, or worse: every request hears it
             _fail_all(batch, exc if isinstance(exc, Exception) else _no_result())
             if not isinstance(exc, Exception):
@@ -236,6 +250,12 @@ class _StatementCursor(psycopg.AsyncCursor[Any]):
 def _succeeded(cursor: psycopg.AsyncCursor[Any]) -> bool:
     result = cursor.pgresult
     return result is not None and result.status == psycopg.pq.ExecStatus.TUPLES_OK
+
+
+def _text_bytes(params: Mapping[str, Any]) -> int:
+    """About what a statement's parameters take in libpq's buffer: its text ones (the
+    blob is the only large one)."""
+    return sum(len(value) for value in params.values() if isinstance(value, str | bytes))
 
 
 def _no_result() -> psycopg.OperationalError:

@@ -20,6 +20,7 @@ VERSION = queries.record_version.sql
 ONE = test_queries.batching_one.sql
 SLEEP = test_queries.batching_sleep.sql
 DIVIDE = test_queries.batching_divide.sql
+LENGTH = test_queries.batching_length.sql
 
 
 def count_params(user_id: str) -> dict[str, object]:
@@ -135,6 +136,21 @@ def test_a_batch_is_queued_whole_before_psycopg_exchanges_with_the_server(settin
     assert [tuple(r) for r in rows] == [(1,)] * 40
     assert len(pipelines) < 40
     assert len(exchanges) == len(pipelines)  # only each pipeline's exit, not per statement
+
+
+def test_a_batch_holds_at_most_max_batch_bytes_of_parameters_but_at_least_one(settings):
+    """A batch is handed to libpq whole, whose buffer keeps the largest batch's size:
+    large uploads must not all share one batch."""
+    pipelines: list[int] = []
+
+    async def body(batcher, pool):
+        with counting_pipelines(pipelines):
+            texts = ["x" * 1000] * 6 + ["y" * 5000]  # the last alone exceeds the bound
+            return await asyncio.gather(*(batcher.fetchone(LENGTH, {"text": t}) for t in texts))
+
+    rows = asyncio.run(with_batcher(settings, body, max_batches=1, max_batch_bytes=2500))
+    assert [tuple(r) for r in rows] == [(1000,)] * 6 + [(5000,)]
+    assert len(pipelines) == 4  # 2 + 2 + 2 statements, then the large one by itself
 
 
 def test_a_statement_nobody_takes_in_time_is_a_pool_timeout(settings):

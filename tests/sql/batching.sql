@@ -7,6 +7,10 @@ SELECT pg_sleep(:seconds);
 -- name: batching_one()$
 SELECT 1;
 
+-- name: batching_length(text)$
+-- A statement with a parameter of a chosen size.
+SELECT length(:text);
+
 -- name: batching_divide(divisor)$
 -- Fails with division_by_zero when :divisor is 0: an error of another class.
 SELECT 1 / CAST(:divisor AS integer);
