@@ -138,6 +138,24 @@ def test_a_batch_is_queued_whole_before_psycopg_exchanges_with_the_server(settin
     assert len(exchanges) == len(pipelines)  # only each pipeline's exit, not per statement
 
 
+def test_a_parameter_that_cannot_be_sent_fails_its_own_statement_mid_batch(settings):
+    """psycopg refuses the parameter before anything is queued for it: the statements
+    queued before it still run in this batch, the ones after it in the next."""
+    pipelines: list[int] = []
+
+    async def body(batcher, pool):
+        with counting_pipelines(pipelines):
+            calls = [batcher.fetchone(ONE, {}) for _ in range(2)]
+            calls.append(batcher.fetchone(LENGTH, {"text": object()}))
+            calls += [batcher.fetchone(ONE, {}) for _ in range(2)]
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = asyncio.run(with_batcher(settings, body, max_batches=1))
+    assert isinstance(results[2], psycopg.ProgrammingError)
+    assert [tuple(results[i]) for i in (0, 1, 3, 4)] == [(1,)] * 4
+    assert len(pipelines) == 2
+
+
 def test_a_batch_holds_at_most_max_batch_bytes_of_parameters_but_at_least_one(settings):
     """A batch is handed to libpq whole, whose buffer keeps the largest batch's size:
     large uploads must not all share one batch."""
