@@ -129,9 +129,10 @@ class StatementBatcher:
 
     async def _run(self, batch: list[_Waiting]) -> list[_Waiting]:
         """Run `batch` in one pipeline and answer each request with its own row or its
-        own error. Returns the statements never sent because an earlier one failed
-        (they run in the next batch); a broken connection fails them all (503)."""
-        sent: list[tuple[_Waiting, psycopg.AsyncCursor[Any]]] = []
+        own error. Returns the statements never queued because psycopg refused an
+        earlier one's parameters (they run in the next batch); on a broken connection
+        every statement without a result hears the connection's error (503)."""
+        sent: list[tuple[_Waiting, _StatementCursor]] = []
         failure: psycopg.Error | None = None
         try:
             async with self.pool.connection() as conn:
@@ -194,8 +195,8 @@ def _exchanges_deferred(pipeline: psycopg.AsyncPipeline) -> Iterator[None]:
 
     In pipeline mode psycopg's `execute` polls the socket, flushes and reads whatever
     results have arrived after every statement. For a batch queued in one go that is
-    wasted work: `python -m bench.levers` measured GET, verify and the mixed workload
-    1.10-1.15x faster without it (BENCHMARKS.md). Leaving the block restores the
+    wasted work: side by side (`python -m bench.levers`) GET ran 1.08x and verify 1.16x
+    faster without it (BENCHMARKS.md, change 12). Leaving the block restores the
     exchange, and the pipeline's exit sends the batch and reads every result, as before.
     This shadows a private method of psycopg's pipeline; tests/test_batching.py fails if
     psycopg renames it."""
