@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # The database: $DATABASE_URL when set, else the local dev cluster (started on demand).
 DB_URL = $${DATABASE_URL:-$$($(PY) -m service.localpg start $(PGDATA_DEV))}
 
-.PHONY: venv dev migrate migrate-status psql sql backup restore test test-faults lint openapi bench bench-scale bench-levers dev-db-stop clean
+.PHONY: venv dev migrate migrate-status psql sql backup restore test test-faults lint openapi bench bench-scale bench-levers bench-floor dev-db-stop clean
 
 venv: $(VENV)/.installed
 
@@ -91,4 +91,9 @@ bench-scale: venv
 ##   make bench-levers BENCH_ARGS='--variant "pool 4:DB_POOL_MAX=4" --variant "pool 16:DB_POOL_MAX=16"'
 bench-levers: venv
 	$(PY) -m bench.levers $(BENCH_ARGS)
+
+## make bench-floor: the service next to the bare parts of its design (uvicorn, Starlette,
+## the statement batcher) and pgbench, for what any code on this design could reach
+bench-floor: venv
+	$(PY) -m bench.floor $(BENCH_ARGS)
 

@@ -185,13 +185,20 @@ def service(
     """`python -m service serve` from `root` (another checkout of the project, such as a
     `git worktree` of an older commit, runs its own code: `-m` imports from the cwd)."""
     port = free_port()
+    command = [sys.executable, "-m", "service", "serve", "--port", str(port)]
+    with serving(command, port, {"DATABASE_URL": database_url, **env}, log, cwd=root) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def serving(
+    command: list[str], port: int, env: Mapping[str, str], log: Path, *, cwd: Path = ROOT
+) -> Iterator[Service]:
+    """Run `command` (an HTTP server on `port` with a /health route) until the block
+    ends, then stop it with SIGTERM; its output goes to `log`."""
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--port", str(port)],
-            env={**os.environ, "DATABASE_URL": database_url, **env},
-            cwd=root,
-            stdout=out,
-            stderr=subprocess.STDOUT,
+            command, env={**os.environ, **env}, cwd=cwd, stdout=out, stderr=subprocess.STDOUT
         )
     running = Service(proc, f"http://127.0.0.1:{port}")
     try:

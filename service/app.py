@@ -22,11 +22,11 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from service import metrics, migrations, sync
 from service.access_log import AccessLogMiddleware
-from service.batching import StatementBatcher
 from service.bodies import UploadBudget
 from service.cleanup import scheduled_cleanup
 from service.config import Settings
 from service.db import (
+    create_batcher,
     create_pool,
     maintenance_connection,
     queries,
@@ -253,14 +253,7 @@ def _lifespan(settings: Settings):
                 jobs.enter_context(_start_up_objects_frozen())
                 yield {
                     "pool": pool,
-                    "statements": StatementBatcher(
-                        pool,
-                        max_batches=settings.pool_max,
-                        queue_timeout=settings.pool_timeout,
-                        max_waiting=settings.pool_max_waiting,
-                        batch_deadline=settings.statement_timeout_ms / 1000 or None,
-                        pipelined=settings.pipeline,
-                    ),
+                    "statements": create_batcher(pool, settings),
                     "limiter": limiter,
                     "settings": settings,
                     "upload_budget": UploadBudget(settings.upload_buffer_mb * 1024 * 1024),

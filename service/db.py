@@ -16,6 +16,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from service import QUERIES_DIR
+from service.batching import StatementBatcher
 from service.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -110,6 +111,19 @@ def create_pool(settings: Settings) -> AsyncConnectionPool:
         kwargs=connection_kwargs(settings),
         name="logikids-sync",
         open=False,
+    )
+
+
+def create_batcher(pool: AsyncConnectionPool, settings: Settings) -> StatementBatcher:
+    """The requests' statements, batched over `pool` within the pool's own bounds: as
+    many batches as connections, the same queue timeout and waiting limit."""
+    return StatementBatcher(
+        pool,
+        max_batches=settings.pool_max,
+        queue_timeout=settings.pool_timeout,
+        max_waiting=settings.pool_max_waiting,
+        batch_deadline=settings.statement_timeout_ms / 1000 or None,
+        pipelined=settings.pipeline,
     )
 
 

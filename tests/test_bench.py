@@ -11,6 +11,7 @@ import pytest
 
 from bench import stack
 from bench.ceiling import STATEMENTS, run_pgbench, script
+from bench.floor import FLOORS, floor_command
 from bench.load import run_wrk
 from service.db import queries
 from tests.conftest import test_queries
@@ -64,3 +65,27 @@ def test_every_request_of_the_wrk_script_succeeds(database_url, tmp_path, mode):
     assert result.requests > 0
     assert result.errors == 0  # non-2xx answers count as errors
     assert result.cpu_us is not None and result.cpu_us["service"] > 0
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+@pytest.mark.parametrize("factory", list(FLOORS.values()))
+def test_each_floor_app_answers_every_request_of_the_wrk_script(
+    database_url, db, tmp_path, factory
+):
+    """The floors of `make bench-floor` answer 2xx, and the batcher's really runs the
+    statements: a PUT replaces seeded records and every request is counted."""
+    seeded(database_url)
+    body = tmp_path / "body.json"
+    sent = stack.Payload(64).write(body)
+    port = stack.free_port()
+    env = {**stack.SERVICE_ENV, "DATABASE_URL": database_url}
+    with stack.serving(floor_command(factory, port), port, env, tmp_path / "log") as server:
+        for mode in ("get", "put", "verify"):
+            result = run_wrk(server.base_url, mode, users=USERS, body=body, seconds=1)
+            assert result.requests > 0, mode
+            assert result.errors == 0, mode
+    runs_statements = factory.endswith("batcher_app")
+    assert test_queries.count_records(db) == USERS
+    blobs = {record[1] for record in test_queries.all_records(db)}
+    assert (sent["encryptedBlob"] in blobs) == runs_statements
+    assert bool(list(test_queries.rate_limit_rows(db))) == runs_statements
