@@ -11,17 +11,13 @@ from contextlib import asynccontextmanager
 import psycopg
 import psycopg_pool
 from starlette.applications import Starlette
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from service import metrics, migrations, sync
-from service.access_log import AccessLogMiddleware
 from service.bodies import UploadBudget
 from service.cleanup import scheduled_cleanup
 from service.config import Settings
@@ -33,6 +29,7 @@ from service.db import (
     schedule_pool_check,
     wait_for_database,
 )
+from service.edge import EdgeMiddleware
 from service.errors import ServiceError, ServiceUnavailable, ValidationFailed
 from service.logs import configure_logging
 from service.openapi import openapi_endpoint
@@ -43,23 +40,6 @@ from service.responses import ORJSONResponse
 logger = logging.getLogger(__name__)
 
 SYNC_PATH = "/api/sync/{user_id}"
-
-
-class JSONCORSMiddleware(CORSMiddleware):
-    """Starlette's CORS, except that a refused preflight answers in the contract's JSON."""
-
-    def preflight_response(self, request_headers: Headers) -> Response:
-        response = super().preflight_response(request_headers)
-        if response.status_code < 400:
-            return response
-        headers = {
-            k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")
-        }
-        return ORJSONResponse(
-            {"error": bytes(response.body).decode()},
-            status_code=response.status_code,
-            headers=headers,
-        )
 
 
 _HTTP_MESSAGES = {404: "Not found", 405: "Method not allowed", 413: "Payload too large (max 1MB)"}
@@ -96,23 +76,25 @@ def create_app(settings: Settings) -> Starlette:
         Route("/openapi.json", openapi_endpoint, methods=["GET"], name="openapi"),
     ]
     middleware = [
-        # Behind a trusted proxy the client address comes from X-Forwarded-For, as uvicorn
-        # does it; applied here so it holds under any server (and in tests).
-        Middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips),
-        Middleware(AccessLogMiddleware, count_metrics=settings.metrics_port > 0),
         Middleware(
-            JSONCORSMiddleware,
-            allow_origins=list(settings.cors_origins),
-            allow_methods=["GET", "PUT", "POST", "DELETE"],
-            allow_headers=["Content-Type", "If-Match", "If-None-Match"],
-            expose_headers=[
-                "ETag",
-                "Retry-After",
-                "RateLimit-Limit",
-                "RateLimit-Remaining",
-                "RateLimit-Reset",
-            ],
-            max_age=600,
+            EdgeMiddleware,
+            # Behind a trusted proxy the client address comes from X-Forwarded-For, as
+            # uvicorn does it; applied here so it holds under any server (and in tests).
+            trusted_hosts=settings.forwarded_allow_ips,
+            cors={
+                "allow_origins": list(settings.cors_origins),
+                "allow_methods": ["GET", "PUT", "POST", "DELETE"],
+                "allow_headers": ["Content-Type", "If-Match", "If-None-Match"],
+                "expose_headers": [
+                    "ETag",
+                    "Retry-After",
+                    "RateLimit-Limit",
+                    "RateLimit-Remaining",
+                    "RateLimit-Reset",
+                ],
+                "max_age": 600,
+            },
+            count_metrics=settings.metrics_port > 0,
         ),
     ]
     return Starlette(

@@ -1,0 +1,117 @@
+"""The edge of every request, in one ASGI layer: the client's address behind a trusted
+proxy, CORS, and one access line (with the metrics) per request.
+
+Why one layer: each ASGI middleware wraps every request and every message it sends, and
+as three layers they cost GET and verify about a seventh of their throughput
+(BENCHMARKS.md). The decisions stay with the libraries that make them well: uvicorn's
+ProxyHeadersMiddleware reads X-Forwarded-For against FORWARDED_ALLOW_IPS, and
+Starlette's CORSMiddleware answers preflights and adds the CORS headers. Only the
+layering is ours.
+
+The raw path holds the user id, which is a secret: the access line carries its short
+hash and the route template, not the path.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+from service import metrics
+from service.logs import log_access, user_hash
+from service.responses import ORJSONResponse
+
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH"})
+
+
+class JSONCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, except that a refused preflight answers in the contract's JSON."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        headers = {
+            k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")
+        }
+        return ORJSONResponse(
+            {"error": bytes(response.body).decode()},
+            status_code=response.status_code,
+            headers=headers,
+        )
+
+
+async def _scope_rewritten_only(scope: Scope, receive: Receive, send: Send) -> None:
+    """What the proxy-header rewrite hands the request to: nothing, the edge goes on."""
+
+
+class EdgeMiddleware:
+    """Proxy headers, then CORS, then the app; the access line and the metrics after it.
+
+    Logs method, route template, status, duration and user hash at INFO, and counts the
+    request in the Prometheus metrics when they are served (nobody reads them
+    otherwise, and with multiprocess workers each count is a write to a shared file)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        trusted_hosts: str,
+        cors: dict[str, Any],
+        count_metrics: bool = True,
+    ) -> None:
+        self.app = app
+        self.proxy_headers = ProxyHeadersMiddleware(_scope_rewritten_only, trusted_hosts)
+        self.cors = JSONCORSMiddleware(app, **cors)
+        self.count_metrics = count_metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        await self.proxy_headers(scope, receive, send)  # rewrites scope["client"], ["scheme"]
+        cors = self.cors
+        request_headers = Headers(scope=scope)
+        preflight = (
+            scope["method"] == "OPTIONS"
+            and "origin" in request_headers
+            and "access-control-request-method" in request_headers
+        )
+        status = 500
+
+        async def send_at_edge(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if not preflight:  # a preflight's answer carries its own CORS headers
+                    await cors.send(message, send, request_headers)
+                    return
+            await send(message)
+
+        try:
+            if preflight:
+                response = cors.preflight_response(request_headers=request_headers)
+                await response(scope, receive, send_at_edge)
+            else:
+                await self.app(scope, receive, send_at_edge)
+        finally:
+            self._record(scope, status, time.perf_counter() - started)
+
+    def _record(self, scope: Scope, status: int, elapsed: float) -> None:
+        route = scope.get("route")
+        template = getattr(route, "path", None) or "<unmatched>"
+        user_id = scope.get("path_params", {}).get("user_id")
+        user = user_hash(user_id) if user_id else None
+        if self.count_metrics:
+            # Any token is a valid method: an unknown one must not grow the label set.
+            method = scope["method"] if scope["method"] in _KNOWN_METHODS else "OTHER"
+            metrics.REQUESTS.labels(method, template, str(status)).inc()
+            metrics.LATENCY.labels(method, template).observe(elapsed)
+        log_access(scope["method"], template, status, elapsed * 1000, user)
