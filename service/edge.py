@@ -72,7 +72,7 @@ class EdgeMiddleware:
         self.count_metrics = count_metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http":  # lifespan; websockets (no route takes one) untouched
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
