@@ -26,8 +26,6 @@ from service.batching import StatementBatcher
 from service.config import Settings
 from service.db import create_pool, queries
 
-UNLIMITED = {"user_limit": 1_000_000_000, "client_ip": None, "ip_limit": None}
-
 
 async def measure(
     name: str, run_one: Callable[[int], Awaitable[object]], statements: int, concurrency: int
@@ -59,7 +57,7 @@ async def probe(url: str, statements: int, concurrency: int, rounds: int) -> Non
     batcher = StatementBatcher(batch_pool, max_batches=2, queue_timeout=30, max_waiting=0)
 
     def params(i: int) -> dict:
-        return {"user_id": stack.user_id(1 + i % 1000), "window_seconds": 3600, **UNLIMITED}
+        return {"user_id": stack.user_id(1 + i % 1000), **stack.RATE_LIMIT_BINDINGS}
 
     async def pooled(i: int) -> object:
         async with pool.connection() as conn:

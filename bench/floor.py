@@ -41,13 +41,6 @@ from bench.load import Result, run_wrk
 
 USERS = 1000
 BLOB_BYTES = 4096
-UNLIMITED = {
-    "user_limit": 1_000_000_000,
-    "client_ip": None,
-    "ip_limit": None,
-    "window_seconds": 3600,
-}
-"""The rate-limit bindings of `make bench`'s load: the limiter on, set high."""
 
 
 def _record_body() -> bytes:
@@ -108,7 +101,7 @@ def batcher_app() -> Any:
     async def run(request: Any, query: Any, **params: object) -> tuple[Any, ...]:
         user_id = uuid.UUID(request.path_params["user_id"])
         row = await request.state.statements.fetchone(
-            query.sql, {"user_id": user_id, **params, **UNLIMITED}
+            query.sql, {"user_id": user_id, **params, **stack.RATE_LIMIT_BINDINGS}
         )
         return row[4:]  # after the rate-limit verdict
 
