@@ -1,6 +1,6 @@
 # logikids-sync container image: `docker compose up` (see docker-compose.yml) or
 #   docker build -t logikids-sync . && docker run -e DATABASE_URL=... -p 5175:5175 logikids-sync
-# The service applies pending migrations itself at start-up (DESIGN §3), so the image needs
+# The service applies pending migrations itself at start-up (docs/architecture.md), so the image needs
 # nothing but a DATABASE_URL.
 FROM python:3.11-slim
 

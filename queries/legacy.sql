@@ -1,4 +1,4 @@
--- `logikids-sync import-legacy` (service/legacy.py, DESIGN §5): the TypeScript service's
+-- `logikids-sync import-legacy` (service/legacy.py, docs/operations.md): the TypeScript service's
 -- data/sync/<userId>.json files, moved into user_sync_data one batch per statement. Each
 -- field of a batch travels as one array and `unnest` turns the arrays back into rows, so
 -- a thousand files cost one round trip. A batch names each user id once (the command

@@ -161,7 +161,7 @@ FROM quota LEFT JOIN outcome ON true;
 -- name: fetch_record(user_id, known_versions, any_version, user_limit, client_ip, ip_limit, window_seconds)^
 -- The record for one user, marking it accessed in the same statement. The mark is coarse:
 -- last_accessed is written only when it is over an hour old, which spares a write per
--- read and stays far inside the two-year cleanup horizon (DESIGN §2). When the client
+-- read and stays far inside the two-year cleanup horizon (docs/protocol.md). When the client
 -- already holds the current version (If-None-Match: :known_versions, or `*` as
 -- :any_version) the blob is left out (NULL) and the answer is a 304. No record: the
 -- record's columns are NULL.

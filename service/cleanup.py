@@ -1,4 +1,4 @@
-"""GDPR cleanup: erase records not accessed for INACTIVE_DAYS (DESIGN §4).
+"""GDPR cleanup: erase records not accessed for INACTIVE_DAYS (docs/operations.md).
 
 The erasure runs in small batches, each its own autocommit statement, so it never holds
 many row locks or one long transaction, and requests keep being served meanwhile. A

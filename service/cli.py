@@ -1,4 +1,4 @@
-"""The command line: a thin argparse front over the service's modules (DESIGN §4)."""
+"""The command line: a thin argparse front over the service's modules (docs/operations.md)."""
 
 from __future__ import annotations
 

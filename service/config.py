@@ -1,4 +1,4 @@
-"""Settings from environment variables, validated once at start-up (DESIGN §4)."""
+"""Settings from environment variables, validated once at start-up (docs/operations.md)."""
 
 from __future__ import annotations
 

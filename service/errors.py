@@ -32,7 +32,7 @@ class ServiceError(Exception):
 
 
 class ValidationFailed(ServiceError):
-    """The request breaks a rule of DESIGN §2; `details` lists each broken rule."""
+    """The request breaks a rule of docs/protocol.md; `details` lists each broken rule."""
 
     status = 400
     message = "Validation error"

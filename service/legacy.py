@@ -1,4 +1,4 @@
-"""`logikids-sync import-legacy DIR`: the TypeScript service's files into PostgreSQL (DESIGN §5).
+"""`logikids-sync import-legacy DIR`: the TypeScript service's files into PostgreSQL (docs/operations.md).
 
 service/legacy_files reads and checks each `<userId>.json`; this module writes them in
 batches through queries/legacy.sql, which decides each file's outcome (imported,
@@ -6,7 +6,7 @@ updated, older, present, conflict) in the statement that writes it, and reports.
 batch is one autocommit statement: an interrupted run keeps what it wrote, and a re-run
 finds those records already present.
 
-Decisions the issue leaves open (the file-level ones are in service/legacy_files):
+Decisions the file format leaves open (the file-level ones are in service/legacy_files):
 - Several files for one user id (file names differing in case): the one with the highest
   timestamp is imported (then the later lastAccessed, then the file name decides), the
   others are reported as duplicates.

@@ -152,7 +152,7 @@ async def _adopt_seed_schema(
     conn: psycopg.AsyncConnection, migrations: list[Migration]
 ) -> dict[str, str]:
     """Record 001 as applied on a database the seed's initdb script built, so upgrading
-    it needs no wiped volume (DESIGN §3); the later migrations then apply as usual."""
+    it needs no wiped volume (docs/architecture.md); the later migrations then apply as usual."""
     seed = next((m for m in migrations if m.version == SEED_VERSION), None)
     if seed is None:
         return {}

@@ -1,4 +1,4 @@
-"""The HTTP contract of DESIGN §2 as an OpenAPI 3.1 document, served at /openapi.json.
+"""The HTTP contract of docs/protocol.md as an OpenAPI 3.1 document, served at /openapi.json.
 
 The document is built here as data so that its constraints come from the same constants
 as the rules in `service.payload`; `python -m service.openapi` writes the checked-in copy

@@ -1,4 +1,4 @@
-"""The rules for a valid request (DESIGN §2), as pure functions with no I/O.
+"""The rules for a valid request (docs/protocol.md), as pure functions with no I/O.
 
 They mirror the database's CHECK constraints (migrations/001 and 002): whatever these
 functions accept, PostgreSQL accepts too, and the property tests hold both to that.

@@ -1,4 +1,4 @@
-"""The HTTP contract of DESIGN §2, one behaviour per test (rate limiting is tested elsewhere).
+"""The HTTP contract of docs/protocol.md, one behaviour per test (rate limiting is tested elsewhere).
 
 Every test talks HTTP to the app on a real, freshly migrated PostgreSQL database and, where
 the contract says something about storage, looks at the row itself through tests/sql/.
@@ -447,7 +447,7 @@ def test_put_body_over_the_body_limit_sent_chunked_is_rejected_with_413(client, 
 
 
 def test_put_body_streaming_past_the_limit_is_refused_before_it_is_read_whole(client, db):
-    """The app stops pulling the body at the chunk that crosses the limit (DESIGN §2:
+    """The app stops pulling the body at the chunk that crosses the limit (docs/protocol.md:
     never read whole into memory); TestClient buffers bodies, so this drives ASGI itself."""
     chunk_size = 64 * 1024
     offered = 4 * MAX_BODY_BYTES // chunk_size

@@ -1,4 +1,4 @@
-"""The migration runner on a real PostgreSQL (DESIGN §3): in order, once, atomically, safely.
+"""The migration runner on a real PostgreSQL (docs/architecture.md): in order, once, atomically, safely.
 
 Most tests start from an EMPTY database (`new_database(migrated=False)`); those that need
 to change the files work on a temporary copy of migrations/, which `migrate` accepts.

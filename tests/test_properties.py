@@ -1,6 +1,6 @@
-"""Property tests of the PUT payload rules (DESIGN §2) against the service and PostgreSQL.
+"""Property tests of the PUT payload rules (docs/protocol.md) against the service and PostgreSQL.
 
-The oracle below is written from DESIGN §2 alone, on purpose without `service.payload`:
+The oracle below is written from docs/protocol.md alone, on purpose without `service.payload`:
 base64 via the standard library plus a re-encoding check, character-set membership for the
 iv and checksum, exact type checks for the timestamp. The service, the CHECK constraints and
 the oracle must all agree.
@@ -33,7 +33,7 @@ settings.register_profile(
 )
 PROPERTY_SETTINGS = settings.get_profile("logikids-properties")
 
-# --- The oracle: DESIGN §2, written out independently ---------------------------------------
+# --- The oracle: docs/protocol.md, written out independently ---------------------------------------
 
 MAX_BLOB_BYTES = 1_000_000
 MAX_TIMESTAMP = 2**63 - 1
@@ -87,7 +87,7 @@ def oracle_broken_fields(body: dict[str, Any]) -> set[str]:
 
 
 def oracle_status(body: object) -> int:
-    """200, 400 or 413 for a parsed JSON body, as DESIGN §2 says."""
+    """200, 400 or 413 for a parsed JSON body, as docs/protocol.md says."""
     if not isinstance(body, dict):
         return 400
     size = oracle_blob_size(body.get("encryptedBlob"))
@@ -637,7 +637,7 @@ EDGES: list[tuple[str, object, int]] = [
 def test_put_edge_cases(
     client: TestClient, db: psycopg.Connection, body: object, status: int
 ) -> None:
-    """Hand-picked edges of DESIGN §2 get the status written beside them (and the oracle
+    """Hand-picked edges of docs/protocol.md get the status written beside them (and the oracle
     agrees, which keeps the oracle honest); accepted ones come back unchanged."""
     assert oracle_status(body) == status
     user_id = new_user_id()
