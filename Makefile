@@ -10,15 +10,29 @@ PYTEST_ARGS ?=
 # The database: $DATABASE_URL when set, else the local dev cluster (started on demand).
 DB_URL = $${DATABASE_URL:-$$($(PY) -m service.localpg start $(PGDATA_DEV))}
 
-.PHONY: venv dev migrate migrate-status psql sql backup restore test test-faults lint openapi bench bench-scale bench-levers bench-floor dev-db-stop clean
+.PHONY: venv lock upgrade dev migrate migrate-status psql sql backup restore test test-faults lint openapi bench bench-scale bench-levers bench-floor dev-db-stop clean
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Everything comes from the lock (hash-checked, no resolver at install time); the project
+# itself is installed editable on top, built with the locked setuptools.
+$(VENV)/.installed: requirements/dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	$(VENV)/bin/pip install --quiet --require-hashes --no-deps -r requirements/dev.txt
+	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
+
+## make lock: re-resolve requirements/*.txt from pyproject.toml, keeping every pin that
+## still fits; make upgrade: move every pin to the newest release the ranges allow.
+## Both pin for every platform (--universal) with hashes; see docs/operations.md.
+LOCK = $(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes
+lock: venv
+	$(LOCK) pyproject.toml -o requirements/main.txt
+	$(LOCK) pyproject.toml --extra dev -o requirements/dev.txt
+
+upgrade: venv
+	$(LOCK) --upgrade pyproject.toml -o requirements/main.txt
+	$(LOCK) --upgrade pyproject.toml --extra dev -o requirements/dev.txt
 
 ## make dev: set up, start the local PostgreSQL (unless DATABASE_URL is set), migrate, serve on :5175
 dev: venv

@@ -1,4 +1,6 @@
-"""`logikids-sync import-legacy DIR`: the TypeScript service's files into PostgreSQL (docs/operations.md).
+"""`logikids-sync import-legacy DIR`: the TypeScript service's files into PostgreSQL.
+
+See docs/operations.md.
 
 service/legacy_files reads and checks each `<userId>.json`; this module writes them in
 batches through queries/legacy.sql, which decides each file's outcome (imported,

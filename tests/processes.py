@@ -17,8 +17,8 @@ from pathlib import Path
 
 import httpx2
 
-from service import PROJECT_ROOT
 from service.localpg import free_port
+from tests.paths import REPO_ROOT as PROJECT_ROOT
 
 READY_WITHIN = 60
 """Seconds a healthy start-up may take before a test gives up (never a timing claim)."""

@@ -11,8 +11,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from service import PROJECT_ROOT
 from tests.conftest import new_user_id, test_queries
+from tests.paths import REPO_ROOT as PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 

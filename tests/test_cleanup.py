@@ -13,7 +13,6 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from service import PROJECT_ROOT
 from service.cleanup import (
     LOCK_KEY,
     cleanup_once,
@@ -25,6 +24,7 @@ from service.config import Settings
 from service.db import connection_kwargs, create_pool, queries
 from service.localpg import free_port
 from tests.conftest import new_user_id, test_queries
+from tests.paths import REPO_ROOT as PROJECT_ROOT
 
 
 def store(db: psycopg.Connection, *, days_ago: int = 0) -> str:

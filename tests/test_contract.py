@@ -1,4 +1,4 @@
-"""The HTTP contract of docs/protocol.md, one behaviour per test (rate limiting is tested elsewhere).
+"""The HTTP contract of docs/protocol.md, one behaviour per test (rate limits: elsewhere).
 
 Every test talks HTTP to the app on a real, freshly migrated PostgreSQL database and, where
 the contract says something about storage, looks at the row itself through tests/sql/.

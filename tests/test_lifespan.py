@@ -1,4 +1,4 @@
-"""The service as a real process (docs/architecture.md, docs/operations.md): start-up, waiting for PostgreSQL, shutdown.
+"""The service as a real process (docs/operations.md): start-up, waiting for PostgreSQL, shutdown.
 
 Each test starts `python -m service serve` on a free port with its own DB_APPLICATION_NAME,
 so its connections can be told apart in pg_stat_activity; every process a test starts is

@@ -1,4 +1,4 @@
-"""The migration runner on a real PostgreSQL (docs/architecture.md): in order, once, atomically, safely.
+"""The migration runner on a real PostgreSQL (docs/architecture.md): in order, once, atomically.
 
 Most tests start from an EMPTY database (`new_database(migrated=False)`); those that need
 to change the files work on a temporary copy of migrations/, which `migrate` accepts.
@@ -20,9 +20,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from service import MIGRATIONS_DIR, PROJECT_ROOT, migrations
+from service import MIGRATIONS_DIR, migrations
 from service.migrations import LOCK_KEY, MigrationError
 from tests.conftest import test_queries
+from tests.paths import REPO_ROOT as PROJECT_ROOT
 
 EXPECTED_VERSIONS = [path.stem for path in sorted(MIGRATIONS_DIR.glob("*.sql"))]
 SEED_CHECKS = {"blob_size_limit", "iv_format", "checksum_format"}

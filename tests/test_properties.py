@@ -33,7 +33,7 @@ settings.register_profile(
 )
 PROPERTY_SETTINGS = settings.get_profile("logikids-properties")
 
-# --- The oracle: docs/protocol.md, written out independently ---------------------------------------
+# --- The oracle: docs/protocol.md, written out independently -----------------------------
 
 MAX_BLOB_BYTES = 1_000_000
 MAX_TIMESTAMP = 2**63 - 1

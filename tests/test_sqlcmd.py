@@ -13,11 +13,12 @@ import psycopg
 import pytest
 from aiosql.utils import VAR_REF
 
-from service import PROJECT_ROOT, QUERIES_DIR
+from service import QUERIES_DIR
 from service.config import Settings
 from service.db import connection_kwargs, queries
 from service.sqlcmd import find_psql, load_queries, run_sql_command
 from tests.conftest import new_user_id, test_queries
+from tests.paths import REPO_ROOT as PROJECT_ROOT
 
 TEST_SQL = Path(__file__).parent / "sql"
 BLOB = "dGVzdCBibG9iIGRhdGE="

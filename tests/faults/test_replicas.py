@@ -20,10 +20,10 @@ import uuid
 import httpx2
 import pytest
 
-from service import PROJECT_ROOT
 from tests.faults.harness import Report, query
 from tests.faults.load import Ledger, http_client, new_payload, run_load, summarize
 from tests.faults.pgbouncer import running_pgbouncer
+from tests.paths import REPO_ROOT as PROJECT_ROOT
 
 pytestmark = pytest.mark.faults
 
