@@ -136,36 +136,41 @@ class StatementBatcher:
         failure: psycopg.Error | None = None
         try:
             async with self.pool.connection() as conn:
-                watchdog = self._watch(conn)
+                watchdog = _Watchdog(conn, self.batch_deadline) if self.batch_deadline else None
                 try:
-                    if not self.pipelined:  # a batch of one, as a plain statement
-                        cursor = _StatementCursor(conn)
-                        sent.append((batch[0], cursor))
-                        await cursor.execute(batch[0].sql, batch[0].params)
-                    else:
-                        async with conn.pipeline() as pipeline:
-                            with _exchanges_deferred(pipeline):
-                                for waiting in batch:
-                                    cursor = _StatementCursor(conn)
-                                    sent.append((waiting, cursor))  # queued even if it raises
-                                    await cursor.execute(waiting.sql, waiting.params)
-                                    _end_transaction(pipeline)
-                                _write_queued(pipeline)
-                except psycopg.Error as exc:
-                    failure = exc  # an earlier statement's error, or the connection's
+                    try:
+                        if not self.pipelined:  # a batch of one, as a plain statement
+                            cursor = _StatementCursor(conn)
+                            sent.append((batch[0], cursor))
+                            await cursor.execute(batch[0].sql, batch[0].params)
+                        else:
+                            async with conn.pipeline() as pipeline:
+                                with _exchanges_deferred(pipeline):
+                                    for waiting in batch:
+                                        cursor = _StatementCursor(conn)
+                                        sent.append((waiting, cursor))  # queued even if it raises
+                                        await cursor.execute(waiting.sql, waiting.params)
+                                        _end_transaction(pipeline)
+                                    _write_queued(pipeline)
+                    except psycopg.Error as exc:
+                        failure = exc  # an earlier statement's error, or the connection's
+                    finally:
+                        if watchdog is not None:
+                            await watchdog.stop()
+                    for waiting, cursor in sent:
+                        if waiting.result.done():
+                            continue
+                        if not _succeeded(cursor):  # its own error; else the batch's (broken)
+                            waiting.result.set_exception(cursor.error or failure or _no_result())
+                            continue
+                        try:  # reads the row already received: an error here is this row's
+                            waiting.result.set_result(await cursor.fetchone())
+                        except Exception as exc:
+                            waiting.result.set_exception(exc)
                 finally:
-                    if watchdog is not None:
-                        watchdog.cancel()
-                for waiting, cursor in sent:
-                    if waiting.result.done():
-                        continue
-                    if not _succeeded(cursor):  # its own error; else the batch's (broken)
-                        waiting.result.set_exception(cursor.error or failure or _no_result())
-                        continue
-                    try:  # reads the row already received: an error here is this row's
-                        waiting.result.set_result(await cursor.fetchone())
-                    except Exception as exc:
-                        waiting.result.set_exception(exc)
+                    if watchdog is not None and watchdog.cancel_sent:
+                        # Closed inside the block: the pool discards it and opens another.
+                        await conn.close()
         except BaseException as exc:  # no connection, or worse: every request hears it
             _fail_all(batch, exc if isinstance(exc, Exception) else _no_result())
             if not isinstance(exc, Exception):
@@ -173,20 +178,41 @@ class StatementBatcher:
             return []
         return batch[len(sent) :]
 
-    def _watch(self, conn: psycopg.AsyncConnection[Any]) -> asyncio.Task[None] | None:
-        """From `batch_deadline` on, cancel whatever statement of this batch runs."""
-        if not self.batch_deadline:
-            return None
 
-        async def cancel_from_deadline() -> None:
-            await asyncio.sleep(self.batch_deadline)
-            while True:
-                # Nothing running, or the server gone: the batch itself will say so.
-                with contextlib.suppress(psycopg.Error):
-                    await conn.cancel_safe(timeout=1.0)
-                await asyncio.sleep(0.05)
+class _Watchdog:
+    """From `deadline` seconds on, cancels whatever statement of the batch runs on `conn`.
 
-        return asyncio.get_running_loop().create_task(cancel_from_deadline())
+    A cancel request travels on a connection of its own, and PostgreSQL applies it to
+    whatever the backend runs when it arrives: sent for this batch, it could land on the
+    next batch's statement on the same connection, another request's. So `stop` waits
+    until the watchdog has ended (it sends nothing after that), and a connection that was
+    ever sent a cancel is closed instead of going back to the pool (psycopg's cancel
+    before libpq 17 runs in a thread that no task cancellation stops, so even a stopped
+    watchdog's last request may still be on its way). psycopg_pool documents that a
+    connection found broken (closed) when its `connection()` block ends is discarded and
+    replaced by a new one (its docs, "Connections life cycle", and the docstring of
+    `AsyncConnectionPool.connection`). A batch past its deadline is rare, so the new
+    connection costs little.
+    """
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], deadline: float) -> None:
+        self.cancel_sent = False
+        self._task = asyncio.get_running_loop().create_task(self._cancel_from(conn, deadline))
+
+    async def _cancel_from(self, conn: psycopg.AsyncConnection[Any], deadline: float) -> None:
+        await asyncio.sleep(deadline)
+        while True:
+            self.cancel_sent = True  # before sending: a stop mid-request still closes
+            # Nothing running, or the server gone: the batch itself will say so.
+            with contextlib.suppress(psycopg.Error):
+                await conn.cancel_safe(timeout=1.0)
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        """Cancel the watchdog and wait until it has ended (its own end, not the
+        caller's: a cancellation of the caller still propagates)."""
+        self._task.cancel()
+        await asyncio.wait([self._task])
 
 
 @contextlib.contextmanager

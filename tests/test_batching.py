@@ -21,6 +21,7 @@ ONE = test_queries.batching_one.sql
 SLEEP = test_queries.batching_sleep.sql
 DIVIDE = test_queries.batching_divide.sql
 LENGTH = test_queries.batching_length.sql
+BACKEND_PID = test_queries.batching_backend_pid.sql
 
 
 def count_params(user_id: str) -> dict[str, object]:
@@ -46,8 +47,8 @@ def counting_pipelines(opened: list[int]) -> Iterator[None]:
         psycopg.AsyncConnection.pipeline = original
 
 
-async def with_batcher(settings, body, **kwargs):
-    pool = create_pool(settings.with_changes(pool_min=1, pool_max=2))
+async def with_batcher(settings, body, *, pool_max=2, **kwargs):
+    pool = create_pool(settings.with_changes(pool_min=1, pool_max=pool_max))
     await pool.open(wait=True)
     try:
         options = {"max_batches": 2, "queue_timeout": 5.0, "max_waiting": 100, **kwargs}
@@ -227,6 +228,30 @@ def test_a_batch_past_its_deadline_has_its_statements_cancelled_not_queued(setti
     results, elapsed = asyncio.run(with_batcher(settings, body, max_batches=1, batch_deadline=0.3))
     assert all(isinstance(r, psycopg.errors.QueryCanceled) for r in results), results
     assert elapsed < 1.0
+
+
+def test_a_connection_that_was_sent_a_cancel_is_closed_not_reused(settings):
+    """A cancel request still on its way when its batch ends would cancel whatever that
+    connection runs next: another request's statement. Such a connection is closed, and
+    the pool opens another; one that met its deadline stays in the pool."""
+
+    async def body(batcher, pool):
+        kept = [(await batcher.fetchone(BACKEND_PID, {}))[0] for _ in range(2)]
+        late = await asyncio.gather(
+            *(batcher.fetchone(SLEEP, {"seconds": 1}) for _ in range(2)), return_exceptions=True
+        )
+        after = await asyncio.gather(*(batcher.fetchone(BACKEND_PID, {}) for _ in range(20)))
+        again = await batcher.fetchone(BACKEND_PID, {})
+        return kept, late, [row[0] for row in after], again[0]
+
+    kept, late, after, again = asyncio.run(
+        with_batcher(settings, body, max_batches=1, batch_deadline=0.2, pool_max=1)
+    )
+    assert kept[0] == kept[1]  # no cancel sent: the connection went back to the pool
+    assert all(isinstance(r, psycopg.errors.QueryCanceled) for r in late), late
+    assert len(set(after)) == 1  # the next batch ran whole, nothing of it cancelled
+    assert after[0] != kept[0]  # ... on a new connection, not the one sent the cancels
+    assert again == after[0]
 
 
 def test_unpipelined_each_statement_is_its_own_round_trip_and_still_isolated(settings):

@@ -7,6 +7,10 @@ SELECT pg_sleep(:seconds);
 -- name: batching_one()$
 SELECT 1;
 
+-- name: batching_backend_pid()$
+-- The server process behind the connection: tells pooled connections apart.
+SELECT pg_backend_pid();
+
 -- name: batching_length(text)$
 -- A statement with a parameter of a chosen size.
 SELECT length(:text);
