@@ -205,9 +205,9 @@ def _lifespan(settings: Settings):
         async def observe() -> None:
             metrics.observe_pool(pool)
 
-        async def count_records() -> None:
+        async def estimate_records() -> None:
             async with pool.connection() as conn:
-                metrics.RECORDS.set(await queries.count_records(conn))
+                metrics.RECORDS.set(await queries.estimate_records(conn))
 
         try:
             await pool.open(wait=True, timeout=settings.startup_timeout)
@@ -221,7 +221,7 @@ def _lifespan(settings: Settings):
                 await jobs.enter_async_context(running_every(5, observe, name="pool-metrics"))
                 if settings.metrics_port:
                     await jobs.enter_async_context(
-                        running_every(60, count_records, name="records-metric")
+                        running_every(60, estimate_records, name="records-metric")
                     )
                 if settings.cleanup_interval:
                     await jobs.enter_async_context(

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx2
 import pytest
+from prometheus_client import REGISTRY
+from starlette.testclient import TestClient
 
+from service import app as app_module
+from service.app import create_app
 from service.localpg import free_port
-from tests.conftest import new_user_id
+from tests.conftest import new_user_id, test_queries
 from tests.processes import service_process
 from tests.test_smoke import PAYLOAD
 
@@ -92,3 +97,33 @@ def test_json_logs_have_one_object_per_request_with_a_user_hash_only(
     text = log_file.read_text()
     assert user_id not in text
     assert PAYLOAD["encryptedBlob"] not in text
+
+
+def test_the_records_gauge_reads_postgres_estimate_not_a_count(settings, db, monkeypatch):
+    """The gauge is pg_class.reltuples (no scan of the table every minute): right after
+    ANALYZE it is the number of records, and rows added since do not show until the next
+    VACUUM or ANALYZE. A table never analyzed (reltuples -1) is counted."""
+    every = app_module.running_every
+
+    def records_metric_at_once(interval, job, *, name, first_after=None):
+        if name == "records-metric":
+            first_after = 0.0
+        return every(interval, job, name=name, first_after=first_after)
+
+    monkeypatch.setattr(app_module, "running_every", records_metric_at_once)
+
+    def gauge_after_start_up() -> float:
+        app_module.metrics.RECORDS.set(-2)
+        with TestClient(create_app(settings.with_changes(metrics_port=free_port()))):
+            deadline = time.monotonic() + 10
+            while REGISTRY.get_sample_value("logikids_sync_records") == -2:
+                assert time.monotonic() < deadline, "the records gauge was never set"
+                time.sleep(0.02)
+        return REGISTRY.get_sample_value("logikids_sync_records")
+
+    test_queries.insert_recent_records(db, count=3)
+    assert gauge_after_start_up() == 3  # never analyzed: counted
+    test_queries.insert_recent_records(db, count=497)
+    test_queries.analyze_records(db)
+    test_queries.insert_recent_records(db, count=10)
+    assert gauge_after_start_up() == 500  # the estimate, as of the ANALYZE
