@@ -77,7 +77,7 @@ dev-db-stop: venv
 test: venv
 	$(PY) -m pytest -m "not faults" $(PYTEST_ARGS)
 
-## make test-faults: the fault-injection suite (tests/faults, several minutes; see RELIABILITY.md)
+## make test-faults: the fault-injection suite (tests/faults, several minutes; see docs/reliability.md)
 test-faults: venv
 	$(PY) -m pytest -m faults tests/faults $(PYTEST_ARGS)
 
@@ -93,7 +93,7 @@ openapi: venv
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
 
-## make bench: the service under wrk next to pgbench on the same statements (BENCHMARKS.md)
+## make bench: the service under wrk next to pgbench on the same statements (docs/benchmarks.md)
 bench: venv
 	$(PY) -m bench $(BENCH_ARGS)
 

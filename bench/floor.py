@@ -2,7 +2,7 @@
 
     python -m bench.floor [--cases get,put,verify] [--rounds 3] [--seconds 5]
 
-Why: the service/ceiling targets of BENCHMARKS.md leave a GET about 115 µs of worker
+Why: the service/ceiling targets of docs/benchmarks.md leave a GET about 115 µs of worker
 CPU. This measures, in one run and under `make bench`'s wrk load, what the fixed parts
 of the design cost on their own, served the way the service is (uvicorn with httptools
 and uvloop, two workers):

@@ -174,7 +174,7 @@ SERVICE_ENV = {
     "LOG_LEVEL": "INFO",
 }
 """The production shape on this 2-core machine: a worker per core, a small pool per worker
-(4 gave the same throughput as 16 with a lower p99: BENCHMARKS.md), the limiter on (set
+(4 gave the same throughput as 16 with a lower p99: docs/benchmarks.md), the limiter on (set
 high, so it counts every request but refuses none), access logs on."""
 
 RATE_LIMIT_BINDINGS = {

@@ -4,7 +4,7 @@
 -- does its work only when the request is admitted; its answer starts with the verdict:
 -- admitted, the new count per bucket, and the seconds left in the window. Counting in the
 -- same statement saves a round trip per request, and inline CTEs run 1.8x faster in
--- PostgreSQL than the same count in a PL/pgSQL function (BENCHMARKS.md).
+-- PostgreSQL than the same count in a PL/pgSQL function (docs/benchmarks.md).
 -- Each conditional variant (If-Match / If-None-Match) checks the version and writes in
 -- the same statement, so two devices holding the same ETag cannot both win.
 --

@@ -162,7 +162,7 @@ def _start_up_objects_frozen() -> Iterator[None]:
     Without this each full collection walks those ~45k objects again, and under load
     one stalls a worker's event loop for up to 20 ms: `make bench` measured GET
     throughput 8-12% higher and the in-service p99 25 -> 16 ms with them frozen
-    (BENCHMARKS.md). Unfrozen at shutdown, so an app built again in the same process
+    (docs/benchmarks.md). Unfrozen at shutdown, so an app built again in the same process
     (tests) leaves nothing behind. Freezing is process-wide and does not nest: one app
     per process, as the server runs it. What start-up built and later becomes garbage
     in a cycle (a pooled connection replaced after its max lifetime) waits for the

@@ -4,7 +4,7 @@ Why: on a small machine a round trip costs more CPU than the statement itself (a
 a wake-up of the backend, a wait, a receive). Sending whatever statements are waiting
 as one psycopg pipeline spends one round trip on many requests; `python -m
 bench.batching` measured about twice the statements per second at half the CPU per
-statement (BENCHMARKS.md).
+statement (docs/benchmarks.md).
 
 What does not change: every statement is still its own transaction. A Sync follows each
 one, so a statement that fails fails only its own request, its row locks are released
@@ -222,7 +222,7 @@ def _exchanges_deferred(pipeline: psycopg.AsyncPipeline) -> Iterator[None]:
     In pipeline mode psycopg's `execute` polls the socket, flushes and reads whatever
     results have arrived after every statement. For a batch queued in one go that is
     wasted work: side by side (`python -m bench.levers`) GET ran 1.08x and verify 1.16x
-    faster without it (BENCHMARKS.md, change 12). Leaving the block restores the
+    faster without it (docs/benchmarks.md, change 12). Leaving the block restores the
     exchange, and the pipeline's exit sends the batch and reads every result, as before.
     This shadows a private method of psycopg's pipeline; tests/test_batching.py fails if
     psycopg renames it."""

@@ -3,7 +3,7 @@ proxy, CORS, and one access line (with the metrics) per request.
 
 Why one layer: each ASGI middleware wraps every request and every message it sends, and
 as three layers they cost GET and verify about a seventh of their throughput
-(BENCHMARKS.md). The decisions stay with the libraries that make them well: uvicorn's
+(docs/benchmarks.md). The decisions stay with the libraries that make them well: uvicorn's
 ProxyHeadersMiddleware reads X-Forwarded-For against FORWARDED_ALLOW_IPS, and
 Starlette's CORSMiddleware answers preflights and adds the CORS headers. Only the
 layering is ours.

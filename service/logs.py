@@ -51,7 +51,7 @@ class BatchingStreamHandler(logging.StreamHandler):
     """A stream handler that writes the access log in batches, not a write per line.
 
     The access log writes a line per request, and one write system call per line cost
-    about 8% of a request's CPU (BENCHMARKS.md). Its lines are held at most `max_delay`
+    about 8% of a request's CPU (docs/benchmarks.md). Its lines are held at most `max_delay`
     seconds, `max_lines` lines or `max_bytes` characters. Any other line (start-up,
     errors, cleanup) writes at once, after the held ones, in order; so does a line logged
     outside an event loop, and logging's shutdown flush writes whatever is held.
@@ -119,7 +119,7 @@ class AccessLine:
     record of `service.access`.
 
     Why not `logger.info(...)`: building, filtering and formatting a LogRecord cost
-    more than a third of a request's time outside the database (BENCHMARKS.md), and
+    more than a third of a request's time outside the database (docs/benchmarks.md), and
     the access line is the one line every request writes. It is used only while that
     handler is logging's sole route for the line (`log_access`); tests/test_logs.py
     checks that both ways write the same line."""

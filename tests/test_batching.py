@@ -113,7 +113,7 @@ def test_each_failing_statement_of_a_batch_hears_its_own_error(settings):
 
 def test_a_batch_is_queued_whole_before_psycopg_exchanges_with_the_server(settings):
     """psycopg's pipeline polls, flushes and reads after every execute; the batcher
-    defers that to the pipeline's exit (BENCHMARKS.md, change 12). This fails if
+    defers that to the pipeline's exit (docs/benchmarks.md, change 12). This fails if
     psycopg renames the private method the batcher shadows."""
     from psycopg._pipeline_base import BasePipeline
 

@@ -29,7 +29,7 @@ def test_a_stored_record_comes_back_and_can_be_erased(client, db):
 
 
 def test_start_up_objects_are_frozen_while_serving_and_released_at_shutdown(settings):
-    """Full collections skip what start-up built (a measured p99 win, BENCHMARKS.md),
+    """Full collections skip what start-up built (a measured p99 win, docs/benchmarks.md),
     and an app shut down in a long-lived process hands it back to the collector."""
     assert gc.get_freeze_count() == 0
     with TestClient(create_app(settings)) as client:

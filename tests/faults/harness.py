@@ -142,7 +142,7 @@ def query(database_url: str, name: str, **params: object) -> object:
 @dataclass
 class Report:
     """The numbers each scenario measured, written as JSON as they come in, so a run
-    (`make test-faults PYTEST_ARGS=-s`) regenerates RELIABILITY.md's tables."""
+    (`make test-faults PYTEST_ARGS=-s`) regenerates docs/reliability.md's tables."""
 
     path: Path
     scenarios: dict[str, dict[str, object]] = field(default_factory=dict)

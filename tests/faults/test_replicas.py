@@ -37,7 +37,7 @@ BEHIND_PGBOUNCER = {
     "MIGRATE_ON_START": "false",
     "DB_POOL_MAX": "10",
 }
-"""What the service needs behind PgBouncer in transaction mode (RELIABILITY.md says why)."""
+"""What the service needs behind PgBouncer in transaction mode (docs/reliability.md says why)."""
 
 
 def applied_by(logs: str) -> list[str]:
@@ -136,7 +136,7 @@ async def concurrent_load(base_url: str, ledger: Ledger, requests: int) -> None:
 
 def migrate_directly(database_url: str) -> None:
     """Migrations hold a session advisory lock, which transaction pooling cannot keep:
-    they run against PostgreSQL itself, as RELIABILITY.md tells operators to."""
+    they run against PostgreSQL itself, as docs/reliability.md tells operators to."""
     subprocess.run(
         [sys.executable, "-m", "service", "migrate"],
         env={**os.environ, "DATABASE_URL": database_url},
