@@ -55,13 +55,6 @@ class RecordNotFound(ServiceError):
     message = "User not found"
 
 
-class RouteNotFound(ServiceError):
-    """A path the service does not serve."""
-
-    status = 404
-    message = "Not found"
-
-
 class PayloadTooLarge(ServiceError):
     """The decoded blob or the request body is over the limit."""
 

@@ -24,7 +24,6 @@ from service import __version__
 from service.errors import (
     PayloadTooLarge,
     RecordNotFound,
-    RouteNotFound,
     ServiceUnavailable,
     UnsupportedMediaType,
     ValidationFailed,
@@ -54,6 +53,7 @@ ETAG_PATTERN = '^"[0-9a-f]{32}"$'
 
 PRECONDITION_FAILED = "Precondition failed"  # service.conditional.PreconditionFailed.message
 METHOD_NOT_ALLOWED = "Method not allowed"  # service.app's message for Starlette's 405
+NOT_FOUND = "Not found"  # service.app's message for Starlette's 404 (an unserved path)
 
 
 def _ref(kind: str, name: str) -> Schema:
@@ -290,7 +290,7 @@ def _components() -> Schema:
         "NotFound": _json(
             "`User not found` (GET of a user without a record), or `Not found` for a path the "
             "service does not serve (e.g. a userId containing `/`).",
-            _error(RecordNotFound.message, RouteNotFound.message),
+            _error(RecordNotFound.message, NOT_FOUND),
             headers=_quota(),
         ),
         "MethodNotAllowed": _json(
