@@ -49,7 +49,7 @@ async def measure(
 
 async def probe(url: str, statements: int, concurrency: int, rounds: int) -> None:
     settings = Settings.from_env({"DATABASE_URL": url, "DB_POOL_MIN": "4", "DB_POOL_MAX": "4"})
-    sql = queries.verify_record.sql
+    sql = queries.record_version.sql
     pool: AsyncConnectionPool = create_pool(settings)
     await pool.open(wait=True)
     batch_pool: AsyncConnectionPool = create_pool(settings.with_changes(pool_min=2, pool_max=2))
@@ -57,7 +57,7 @@ async def probe(url: str, statements: int, concurrency: int, rounds: int) -> Non
     batcher = StatementBatcher(batch_pool, max_batches=2, queue_timeout=30, max_waiting=0)
 
     def params(i: int) -> dict:
-        return {"user_id": stack.user_id(1 + i % 1000), **stack.RATE_LIMIT_BINDINGS}
+        return {"user_id": stack.user_id(1 + i % 1000)}
 
     async def pooled(i: int) -> object:
         async with pool.connection() as conn:

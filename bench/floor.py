@@ -100,10 +100,8 @@ def batcher_app() -> Any:
 
     async def run(request: Any, query: Any, **params: object) -> tuple[Any, ...]:
         user_id = uuid.UUID(request.path_params["user_id"])
-        row = await request.state.statements.fetchone(
-            query.sql, {"user_id": user_id, **params, **stack.RATE_LIMIT_BINDINGS}
-        )
-        return row[4:]  # after the rate-limit verdict
+        row = await request.state.batcher.fetchone(query.sql, {"user_id": user_id, **params})
+        return row if row is not None else (None,) * 6
 
     async def get(request: Any) -> Response:
         blob, iv, timestamp, checksum, *_ = await run(
@@ -123,11 +121,12 @@ def batcher_app() -> Any:
             timestamp=fields["timestamp"],
             checksum=fields["checksum"],
             blob_size=len(blob) * 3 // 4 - blob[-2:].count("="),
+            version=uuid.uuid4(),
         )
         return Response(b'{"success":true}', media_type="application/json")
 
     async def verify(request: Any) -> Response:
-        (version,) = await run(request, queries.verify_record)
+        version, *_ = await run(request, queries.record_version)
         return Response(
             orjson.dumps({"exists": version is not None}), media_type="application/json"
         )
@@ -140,7 +139,7 @@ def batcher_app() -> Any:
         pool = create_pool(settings)
         await pool.open(wait=True)
         try:
-            yield {"statements": create_batcher(pool, settings)}
+            yield {"batcher": create_batcher(pool, settings)}
         finally:
             await pool.close()
 

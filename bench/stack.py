@@ -177,15 +177,6 @@ SERVICE_ENV = {
 (4 gave the same throughput as 16 with a lower p99: docs/benchmarks.md), the limiter on (set
 high, so it counts every request but refuses none), access logs on."""
 
-RATE_LIMIT_BINDINGS = {
-    "user_limit": int(SERVICE_ENV["RATE_LIMIT_PER_HOUR"]),
-    "client_ip": None,
-    "ip_limit": None,
-    "window_seconds": 3600,
-}
-"""What a sync statement is bound with under that service's limiter (the default hourly
-window, no per-IP limit), for benchmarks that run the statements without HTTP."""
-
 
 @contextlib.contextmanager
 def service(

@@ -42,7 +42,6 @@ def main() -> None:
                 out = subprocess.run(
                     [
                         "pgbench", "-n", "-M", "prepared", "-c32", "-j2", f"-T{args.seconds}",
-                        "-D", "window_seconds=3600", "-D", "rate_limit=1000000000",
                         "-f", str(path), url,
                     ],
                     capture_output=True, text=True, check=True,

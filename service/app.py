@@ -190,8 +190,8 @@ def _lifespan(settings: Settings):
             if applied:
                 logger.info("Applied migrations: %s", ", ".join(applied))
         limiter = RateLimiter(
-            per_user=settings.rate_limit_per_hour,
-            per_ip=settings.rate_limit_per_ip_hour,
+            per_user=settings.user_limit_per_window,
+            per_ip=settings.ip_limit_per_window,
             window_seconds=settings.rate_limit_window,
         )
         pool = create_pool(settings)
@@ -201,6 +201,10 @@ def _lifespan(settings: Settings):
                 await queries.purge_rate_limit_windows(
                     conn, window_seconds=settings.rate_limit_window
                 )
+
+        async def exchange_counts(**bindings: object) -> list[tuple[str, int]]:
+            async with pool.connection() as conn:
+                return [row async for row in queries.exchange_counts(conn, **bindings)]
 
         async def observe() -> None:
             metrics.observe_pool(pool)
@@ -219,6 +223,11 @@ def _lifespan(settings: Settings):
                     running_every(purge_every, purge_counters, name="purge-rate-limits")
                 )
                 await jobs.enter_async_context(running_every(5, observe, name="pool-metrics"))
+                await jobs.enter_async_context(
+                    limiter.exchanging(
+                        exchange_counts, interval=settings.rate_limit_exchange_interval
+                    )
+                )
                 if settings.metrics_port:
                     await jobs.enter_async_context(
                         running_every(60, estimate_records, name="records-metric")
@@ -235,7 +244,7 @@ def _lifespan(settings: Settings):
                 jobs.enter_context(_start_up_objects_frozen())
                 yield {
                     "pool": pool,
-                    "statements": create_batcher(pool, settings),
+                    "batcher": create_batcher(pool, settings),
                     "limiter": limiter,
                     "settings": settings,
                     "upload_budget": UploadBudget(settings.upload_buffer_mb * 1024 * 1024),

@@ -34,9 +34,10 @@ class Settings:
     startup_timeout: float = 30.0
     shutdown_timeout: float = 25.0
     retry_after: int = 5
-    rate_limit_per_hour: int = 100
-    rate_limit_per_ip_hour: int = 0
+    user_limit_per_window: int = 100
+    ip_limit_per_window: int = 0
     rate_limit_window: int = 3600
+    rate_limit_exchange_interval: float = 0.2
     forwarded_allow_ips: str = "127.0.0.1,::1"
     cors_origins: tuple[str, ...] = ("*",)
     inactive_days: int = 730
@@ -100,9 +101,12 @@ class Settings:
             startup_timeout=_float(env, "STARTUP_TIMEOUT", 30.0),
             shutdown_timeout=_float(env, "SHUTDOWN_TIMEOUT", 25.0),
             retry_after=_int(env, "RETRY_AFTER", 5, minimum=1),
-            rate_limit_per_hour=_int(env, "RATE_LIMIT_PER_HOUR", 100, minimum=0),
-            rate_limit_per_ip_hour=_int(env, "RATE_LIMIT_PER_IP_HOUR", 0, minimum=0),
+            # The names say "hour" for the default window; the limits count per window.
+            user_limit_per_window=_int(env, "RATE_LIMIT_PER_HOUR", 100, minimum=0),
+            ip_limit_per_window=_int(env, "RATE_LIMIT_PER_IP_HOUR", 0, minimum=0),
             rate_limit_window=_int(env, "RATE_LIMIT_WINDOW_SECONDS", 3600, minimum=1),
+            rate_limit_exchange_interval=_int(env, "RATE_LIMIT_EXCHANGE_MS", 200, minimum=10)
+            / 1000,
             forwarded_allow_ips=env.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1").strip(),
             cors_origins=origins or ("*",),
             inactive_days=_int(env, "INACTIVE_DAYS", 730, minimum=1),

@@ -29,7 +29,7 @@ from service.errors import (
     ValidationFailed,
 )
 from service.payload import MAX_BLOB_BYTES, MAX_TIMESTAMP
-from service.ratelimit import TooManyRequests
+from service.ratelimit import RateLimitExceeded
 
 DEFAULT_PATH = Path("openapi.json")  # `make openapi` runs in the checkout
 
@@ -312,7 +312,7 @@ def _components() -> Schema:
         ),
         "TooManyRequests": _json(
             "The user id (or client address) spent its requests for this window.",
-            _error(TooManyRequests.message),
+            _error(RateLimitExceeded.message),
             headers={
                 "Retry-After": retry_after,
                 **{name: {"required": True, "schema": count} for name in _QUOTA},

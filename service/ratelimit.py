@@ -1,19 +1,47 @@
-"""Per-user (and optionally per-IP) request limits, counted in PostgreSQL.
+"""Per-user (and optionally per-IP) request limits, counted in each process and shared
+through PostgreSQL off the request's path.
 
-Fixed windows (clock hours by default) rather than rolling ones: a fixed window is one
-atomic upsert per request with an exact count and an exact reset time to tell clients,
-where a rolling window needs a log of timestamps or an approximation. The price is that
-a client can spend two windows' worth around a boundary, which is fine for a limit that
-exists to stop abuse, not to meter normal use.
+Fixed windows (clock hours by default) rather than rolling ones: a count per bucket and
+window, with an exact reset time to tell clients. A client can spend two windows' worth
+around a boundary, which is fine for a limit that exists to stop abuse, not to meter.
+
+Each process decides on its own, at once, from what it knows: the total the other
+processes had reported at its last exchange plus what it has admitted since. Every
+`exchange_interval` seconds it sends what it admitted to PostgreSQL in one batched
+statement (queries/ratelimit.sql `exchange_counts`) and learns the totals back, so a
+count reaches the other processes within about two intervals. No request waits on that
+statement, so reads stay reads (no write per GET or verify) and each sync statement
+touches only its own record: a single-shard statement on Citus.
+
+The price is an approximate limit across processes: in the worst case each process
+admits up to the limit before it hears of the others' requests, so N processes admit at
+most N times the limit within one interval's blind spot (two processes: twice the limit,
+the slack a fixed window already has at its boundary). Requests that arrive a second
+apart see every earlier request, and one process alone is exact. When PostgreSQL is
+unreachable the processes keep counting locally and send the counts once it answers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 from service import metrics
 from service.errors import ServiceError
+
+logger = logging.getLogger(__name__)
+
+WATCH_SECONDS = 60.0
+"""A bucket used locally within this many seconds has its total refreshed at every
+exchange, so the other processes' requests reach this one's decisions."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +60,8 @@ class Quota:
         }
 
 
-class TooManyRequests(ServiceError):
-    """The client spent its requests for this window."""
+class RateLimitExceeded(ServiceError):
+    """The client spent its requests for this window (a 429)."""
 
     status = 429
     message = "Too many sync requests. Please try again later."
@@ -46,75 +74,168 @@ class TooManyRequests(ServiceError):
         return {**self.quota.headers(), "Retry-After": str(max(1, self.quota.reset_seconds))}
 
 
-@dataclass(frozen=True)
-class RateLimiter:
-    """Counts each request against the user's limit and, when set, the client IP's."""
+class _Bucket:
+    """One bucket's count in the current window, as this process knows it."""
 
-    per_user: int
-    per_ip: int
-    window_seconds: int
+    __slots__ = ("known", "last_used", "pending", "sending")
+
+    def __init__(self) -> None:
+        self.known = 0  # every process's total at the last exchange (ours included)
+        self.sending = 0  # admitted here and on its way in the exchange now running
+        self.pending = 0  # admitted here since, to be sent at the next exchange
+        self.last_used = 0.0
+
+    @property
+    def total(self) -> int:
+        return self.known + self.sending + self.pending
+
+
+class RateLimiter:
+    """Counts each request against the user's limit and, when set, the client IP's.
+
+    `per_user` and `per_ip` are requests per window of `window_seconds`; 0 turns a limit
+    off. A request refused by authentication is counted against the client's IP only
+    (`admit_refusal`), so that knowing a user id is not enough to lock that user out."""
+
+    def __init__(
+        self,
+        *,
+        per_user: int,
+        per_ip: int,
+        window_seconds: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.per_user = per_user
+        self.per_ip = per_ip
+        self.window_seconds = window_seconds
+        self._clock = clock
+        self._window = -1
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()  # least recently used first
+        self._unsent: set[str] = set()  # buckets with pending counts
 
     @property
     def enabled(self) -> bool:
         return self.per_user > 0 or self.per_ip > 0
 
-    def count(self, *, client_ip: str | None) -> Count:
-        """What this request is counted against; the sync statement counts it, in the
-        same statement as the request's own work (queries/ratelimit.sql)."""
-        return Count(
-            user_limit=self.per_user or None,
-            client_ip=client_ip if self.per_ip > 0 and client_ip else None,
-            ip_limit=self.per_ip if self.per_ip > 0 and client_ip else None,
-            window_seconds=self.window_seconds,
-        )
+    def admit(self, *, user_id: object, client_ip: str | None) -> Quota | None:
+        """Count one request for `user_id` from `client_ip`, or raise RateLimitExceeded
+        (then nothing is counted). Returns the tightest quota to advertise, or None when
+        limiting is off."""
+        checks = []
+        if self.per_user > 0:
+            checks.append(("user", f"user:{user_id}", self.per_user))
+        if self.per_ip > 0 and client_ip:
+            checks.append(("ip", f"ip:{client_ip}", self.per_ip))
+        return self._admit(checks)
 
-
-@dataclass(frozen=True, slots=True)
-class Count:
-    """One request's limits: the statement's bindings, then the verdict on its answer.
-    A limit of None is a bucket not counted."""
-
-    user_limit: int | None
-    client_ip: str | None
-    ip_limit: int | None
-    window_seconds: int
-
-    def bindings(self) -> dict[str, object]:
-        """`user_limit`, `client_ip`, `ip_limit` and `window_seconds`, as every sync
-        statement takes them (scalars: binding arrays cost psycopg more)."""
-        return {
-            "user_limit": self.user_limit,
-            "client_ip": self.client_ip,
-            "ip_limit": self.ip_limit,
-            "window_seconds": self.window_seconds,
-        }
-
-    def verdict(
-        self,
-        admitted: bool,
-        user_hits: int | None,
-        ip_hits: int | None,
-        reset_seconds: int | None,
-    ) -> Quota | None:
-        """What the statement's count means: raise TooManyRequests when over a limit,
-        else the tightest quota to advertise (None when limiting is off)."""
-        if reset_seconds is None:
+    def admit_refusal(self, *, client_ip: str | None) -> Quota | None:
+        """Count a request that authentication refused against its client IP, with the
+        per-IP limit (or the per-user one when no per-IP limit is set)."""
+        limit = self.per_ip or self.per_user
+        if limit <= 0 or not client_ip:
             return None
-        counted = [
-            (bucket, limit, hits)
-            for bucket, limit, hits in (
-                ("user", self.user_limit, user_hits),
-                ("ip", self.ip_limit, ip_hits),
+        return self._admit([("ip", f"ip:{client_ip}", limit)])
+
+    def _admit(self, checks: list[tuple[str, str, int]]) -> Quota | None:
+        if not checks:
+            return None
+        now = self._clock()
+        reset_seconds = self._roll(now)
+        buckets = [(label, self._bucket(key, now), limit) for label, key, limit in checks]
+        over = [(label, bucket, limit) for label, bucket, limit in buckets if bucket.total >= limit]
+        if over:
+            for label, _, _ in over:
+                metrics.RATE_LIMITED.labels(label).inc()
+            raise RateLimitExceeded(
+                Quota(limit=over[0][2], remaining=0, reset_seconds=reset_seconds)
             )
-            if limit is not None and hits is not None
-        ]
-        quotas = [
-            Quota(limit=limit, remaining=max(0, limit - hits), reset_seconds=reset_seconds)
-            for _, limit, hits in counted
-        ]
-        if not admitted:
-            for bucket, limit, hits in counted:
-                if hits > limit:
-                    metrics.RATE_LIMITED.labels(bucket).inc()
-            raise TooManyRequests(min(quotas, key=lambda q: q.remaining))
-        return min(quotas, key=lambda q: (q.remaining, -q.reset_seconds))
+        quotas = []
+        for (_, key, _), (_, bucket, limit) in zip(checks, buckets, strict=True):
+            bucket.pending += 1
+            self._unsent.add(key)
+            quotas.append(Quota(limit, max(0, limit - bucket.total), reset_seconds))
+        return min(quotas, key=lambda q: q.remaining)
+
+    def _roll(self, now: float) -> int:
+        """Start a new window when the clock has moved into one; the seconds left in it."""
+        window = math.floor(now / self.window_seconds)
+        if window != self._window:
+            self._window = window
+            self._buckets.clear()  # counts of an ended window (its rows are purged)
+            self._unsent.clear()
+        return max(1, math.ceil((window + 1) * self.window_seconds - now))
+
+    def _bucket(self, key: str, now: float) -> _Bucket:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = _Bucket()
+        else:
+            self._buckets.move_to_end(key)
+        bucket.last_used = now
+        return bucket
+
+    async def exchange(self, run: Callable[..., Any]) -> int:
+        """Send what this process admitted since the last exchange and learn every
+        bucket's total back, in one statement run by `run(**bindings)` (it returns the
+        rows of queries.exchange_counts). Returns the number of buckets exchanged. On
+        failure the counts stay pending and go out with the next exchange."""
+        now = self._clock()
+        self._roll(now)
+        window = self._window
+        sent = list(self._unsent)
+        self._unsent.clear()
+        deltas = []
+        for key in sent:
+            bucket = self._buckets[key]
+            bucket.sending, bucket.pending = bucket.pending, 0
+            deltas.append(bucket.sending)
+        watched = []
+        for key in reversed(self._buckets):  # most recently used first, until too old
+            bucket = self._buckets[key]
+            if now - bucket.last_used > WATCH_SECONDS:
+                break
+            if not bucket.sending:
+                watched.append(key)
+        if not sent and not watched:
+            return 0
+        window_start = datetime.fromtimestamp(window * self.window_seconds, UTC)
+        try:
+            rows = await run(
+                buckets=sent, deltas=deltas, watched=watched, window_start=window_start
+            )
+        except BaseException:
+            if self._window == window:
+                for key in sent:
+                    bucket = self._buckets[key]
+                    bucket.pending += bucket.sending
+                    bucket.sending = 0
+                    self._unsent.add(key)
+            raise
+        if self._window != window:
+            return len(sent) + len(watched)  # the window ended meanwhile: old news
+        for key, hits in rows:
+            bucket = self._buckets.get(key)
+            if bucket is not None:
+                bucket.known = hits
+                bucket.sending = 0
+        return len(sent) + len(watched)
+
+    @asynccontextmanager
+    async def exchanging(self, run: Callable[..., Any], *, interval: float) -> AsyncIterator[None]:
+        """Exchange counts every `interval` seconds while the block runs, and once more
+        at its end so a graceful shutdown hands its counts on."""
+        from service.periodic import running_every
+
+        if not self.enabled:
+            yield
+            return
+
+        async def job() -> None:
+            await self.exchange(run)
+
+        try:
+            async with running_every(interval, job, name="rate-limit-exchange"):
+                yield
+        finally:
+            with contextlib.suppress(Exception):
+                await self.exchange(run)

@@ -68,12 +68,13 @@ class SyncRecord(HTTPEndpoint):
             "timestamp": payload.timestamp,
             "checksum": payload.checksum,
             "blob_size": payload.blob_size,
+            "version": uuid.uuid4(),  # drawn here: Citus allows no volatile function there
         }
         if if_match is not None and if_none_match is not None and if_none_match.any:
             raise PreconditionFailed()  # exists (If-Match) and does not exist (*): never
         if if_match is not None:
             excluded = if_none_match.versions(weak_ok=True) if if_none_match else None
-            stored, version = await run_counted(
+            row = await run_statement(
                 request,
                 queries.replace_record_if_match,
                 **fields,
@@ -81,15 +82,15 @@ class SyncRecord(HTTPEndpoint):
                 excluded_versions=excluded,
             )
         elif if_none_match is not None:
-            stored, version = await run_counted(
+            row = await run_statement(
                 request,
                 queries.store_record_unless_match,
                 **fields,
                 versions=None if if_none_match.any else if_none_match.versions(weak_ok=True),
             )
         else:
-            (version,) = await run_counted(request, queries.store_record, **fields)
-            stored = True
+            row = (True, *await _one_row(request, queries.store_record, **fields))
+        stored, version = row if row is not None else (None, None)
         if not stored:  # False: another version; None: no record to match
             raise PreconditionFailed(await _current_version(request, user_id))
         return respond(request, SUCCESS, etag=version)
@@ -99,15 +100,16 @@ class SyncRecord(HTTPEndpoint):
         ETag; 304 without a body when If-None-Match names the current version."""
         user_id = parse_user_id(request.path_params["user_id"])
         if_none_match = parse_condition(request.headers, "If-None-Match")
-        blob, iv, timestamp, checksum, version, unchanged = await run_counted(
+        row = await run_statement(
             request,
             queries.fetch_record,
             user_id=user_id,
             known_versions=if_none_match.versions(weak_ok=True) if if_none_match else None,
             any_version=bool(if_none_match and if_none_match.any),
         )
-        if version is None:
+        if row is None:
             raise RecordNotFound()
+        blob, iv, timestamp, checksum, version, unchanged = row
         if unchanged:
             headers = {**quota_headers(request), "ETag": etag_header(version)}
             return Response(status_code=304, headers=headers)
@@ -123,15 +125,15 @@ class SyncRecord(HTTPEndpoint):
         user_id = parse_user_id(request.path_params["user_id"])
         if_match = parse_condition(request.headers, "If-Match")
         if if_match is None:
-            await run_counted(request, queries.erase_record, user_id=user_id)
+            await run_statement(request, queries.erase_record, user_id=user_id)
             return respond(request, SUCCESS)
-        erased, _ = await run_counted(
+        row = await run_statement(
             request,
             queries.erase_record_if_match,
             user_id=user_id,
             versions=None if if_match.any else if_match.versions(weak_ok=False),
         )
-        if not erased:
+        if row is None or not row[0]:
             raise PreconditionFailed(await _current_version(request, user_id))
         return respond(request, SUCCESS)
 
@@ -143,34 +145,37 @@ class SyncVerify(HTTPEndpoint):
         """POST /api/sync/{userId}/verify: whether a record exists (device pairing), with
         its ETag when it does."""
         user_id = parse_user_id(request.path_params["user_id"])
-        (version,) = await run_counted(request, queries.verify_record, user_id=user_id)
+        row = await run_statement(request, queries.record_version, user_id=user_id)
+        version = row[0] if row is not None else None
         return respond(request, {"exists": version is not None}, etag=version)
 
 
-async def run_counted(request: Request, query: Any, **params: object) -> tuple:
-    """Run a sync statement (queries/sync.sql) for this request and read its answer.
+async def run_statement(request: Request, query: Any, **params: object) -> tuple | None:
+    """Count this request against the rate limits, then run its sync statement
+    (queries/sync.sql) and answer its first row, or None when it answered none.
 
-    The statement counts the request against the rate limits and does its work only if
-    admitted; it travels to PostgreSQL with those of concurrent requests, in one round
-    trip (service/batching.py), and is still its own transaction. Raises 429 when the
-    request was over a limit (the statement then did nothing); otherwise keeps the
-    quota for the response headers and returns the row after the verdict columns.
-    """
+    The count is decided in this process at once (service/ratelimit.py) and raises 429
+    before any statement runs; the statement travels to PostgreSQL with those of
+    concurrent requests, in one round trip (service/batching.py), and is still its own
+    transaction. The quota is kept for the response headers."""
     client = request.client.host if request.client else None
-    count = request.state.limiter.count(client_ip=client)
-    row = await request.state.statements.fetchone(query.sql, {**params, **count.bindings()})
-    if row is None:  # every sync statement answers one row; say so if that ever breaks
+    request.state.quota = request.state.limiter.admit(user_id=params["user_id"], client_ip=client)
+    return await request.state.batcher.fetchone(query.sql, params)
+
+
+async def _one_row(request: Request, query: Any, **params: object) -> tuple:
+    """run_statement for a statement that always answers a row (an upsert's RETURNING)."""
+    row = await run_statement(request, query, **params)
+    if row is None:
         raise RuntimeError(f"{query.__name__} returned no row")
-    admitted, user_hits, ip_hits, reset_seconds, *rest = row
-    request.state.quota = count.verdict(admitted, user_hits, ip_hits, reset_seconds)
-    return tuple(rest)
+    return row
 
 
 async def _current_version(request: Request, user_id: uuid.UUID) -> uuid.UUID | None:
     """The record's version for a 412, read afresh: the failed statement's snapshot may
     predate the write that made the precondition fail, and the client needs the ETag
     that is current now to retry. Only failed preconditions pay this extra statement."""
-    row = await request.state.statements.fetchone(queries.record_version.sql, {"user_id": user_id})
+    row = await request.state.batcher.fetchone(queries.record_version.sql, {"user_id": user_id})
     return row[0] if row is not None else None
 
 

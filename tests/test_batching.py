@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Iterator
 
 import psycopg
@@ -15,7 +16,7 @@ from service.batching import StatementBatcher
 from service.db import create_pool, queries
 from tests.conftest import new_user_id, test_queries
 
-COUNT = queries.count_request.sql
+STORE = queries.store_record.sql
 VERSION = queries.record_version.sql
 ONE = test_queries.batching_one.sql
 SLEEP = test_queries.batching_sleep.sql
@@ -24,11 +25,16 @@ LENGTH = test_queries.batching_length.sql
 BACKEND_PID = test_queries.batching_backend_pid.sql
 
 
-def count_params(user_id: str) -> dict[str, object]:
+def store_params(user_id: str) -> dict[str, object]:
+    """A small record for `user_id`: a statement that writes and answers one row."""
     return {
-        "user_id": user_id, "user_limit": 1000, "client_ip": None, "ip_limit": None,
-        "window_seconds": 3600,
+        "user_id": user_id, "encrypted_blob": "AAAA", "iv": "MTIzNDU2Nzg5MGFi",
+        "timestamp": 1, "checksum": "a" * 64, "blob_size": 3, "version": uuid.uuid4(),
     }  # fmt: skip
+
+
+def stored_users(db) -> set[str]:
+    return {str(row[0]) for row in test_queries.all_records(db)}
 
 
 @contextlib.contextmanager
@@ -63,29 +69,28 @@ def test_concurrent_statements_share_round_trips_and_each_gets_its_own_row(setti
 
     async def body(batcher, pool):
         with counting_pipelines(executes):
-            return await asyncio.gather(*(batcher.fetchone(COUNT, count_params(u)) for u in users))
+            return await asyncio.gather(*(batcher.fetchone(STORE, params[u]) for u in users))
 
+    params = {u: store_params(u) for u in users}
     rows = asyncio.run(with_batcher(settings, body))
-    assert [tuple(r) for r in rows] == [(True, 1, None, rows[0][3])] * 50
+    assert [tuple(r) for r in rows] == [(params[u]["version"],) for u in users]
     assert len(executes) < 50  # batched: fewer pipelines than statements
-    counted = {bucket: hits for bucket, hits, *_ in test_queries.rate_limit_rows(db)}
-    assert counted == {f"user:{u}": 1 for u in users}
+    assert stored_users(db) == set(users)
 
 
 def test_a_failing_statement_fails_alone_and_the_others_still_commit(settings, db):
     users = [new_user_id() for _ in range(9)]
 
     async def body(batcher, pool):
-        calls = [batcher.fetchone(COUNT, count_params(u)) for u in users[:5]]
+        calls = [batcher.fetchone(STORE, store_params(u)) for u in users[:5]]
         calls.append(batcher.fetchone(VERSION, {"user_id": "not-a-uuid"}))
-        calls += [batcher.fetchone(COUNT, count_params(u)) for u in users[5:]]
+        calls += [batcher.fetchone(STORE, store_params(u)) for u in users[5:]]
         return await asyncio.gather(*calls, return_exceptions=True)
 
     results = asyncio.run(with_batcher(settings, body))
     assert isinstance(results[5], psycopg.errors.InvalidTextRepresentation)
-    assert all(isinstance(r, tuple) and r[0] is True for i, r in enumerate(results) if i != 5)
-    counted = {bucket for bucket, *_ in test_queries.rate_limit_rows(db)}
-    assert counted == {f"user:{u}" for u in users}  # none rolled back with the failure
+    assert all(isinstance(r, tuple) for i, r in enumerate(results) if i != 5)
+    assert stored_users(db) == set(users)  # none rolled back with the failure
 
 
 def test_each_failing_statement_of_a_batch_hears_its_own_error(settings):
@@ -260,11 +265,11 @@ def test_unpipelined_each_statement_is_its_own_round_trip_and_still_isolated(set
 
     async def body(batcher, pool):
         with counting_pipelines(pipelines):
-            calls = [batcher.fetchone(COUNT, count_params(new_user_id())) for _ in range(4)]
+            calls = [batcher.fetchone(STORE, store_params(new_user_id())) for _ in range(4)]
             calls.append(batcher.fetchone(VERSION, {"user_id": "not-a-uuid"}))
             return await asyncio.gather(*calls, return_exceptions=True)
 
     results = asyncio.run(with_batcher(settings, body, pipelined=False))
     assert pipelines == []
-    assert all(isinstance(r, tuple) and r[0] is True for r in results[:4])
+    assert all(isinstance(r, tuple) for r in results[:4])
     assert isinstance(results[4], psycopg.errors.InvalidTextRepresentation)

@@ -46,7 +46,6 @@ def test_the_ceiling_runs_against_seeded_users_and_counts_like_the_service(datab
     assert result.requests > 0
     assert result.errors == 0
     assert test_queries.count_records(db) == USERS  # a PUT replaces, never adds
-    assert list(test_queries.rate_limit_rows(db))  # the count ran too
     # pgbench's backends have exited when it is read: their CPU must be counted through
     # the postmaster (75-240 us per transaction here; about 5 without it).
     assert result.cpu_us is not None and result.cpu_us["postgres"] > 20
@@ -73,7 +72,7 @@ def test_each_floor_app_answers_every_request_of_the_wrk_script(
     database_url, db, tmp_path, factory
 ):
     """The floors of `make bench-floor` answer 2xx, and the batcher's really runs the
-    statements: a PUT replaces seeded records and every request is counted."""
+    statements: a PUT replaces seeded records."""
     seeded(database_url)
     body = tmp_path / "body.json"
     sent = stack.Payload(64).write(body)
@@ -88,4 +87,3 @@ def test_each_floor_app_answers_every_request_of_the_wrk_script(
     assert test_queries.count_records(db) == USERS
     blobs = {record[1] for record in test_queries.all_records(db)}
     assert (sent["encryptedBlob"] in blobs) == runs_statements
-    assert bool(list(test_queries.rate_limit_rows(db))) == runs_statements

@@ -51,6 +51,8 @@ def test_metrics_count_requests_by_route_and_status_and_never_name_a_user(databa
         assert httpx2.put(f"{base}/api/sync/{user_id}", json=PAYLOAD).status_code == 200
         assert httpx2.get(f"{base}/api/sync/{new_user_id()}").status_code == 404
         for _ in range(3):
+            # Workers share counts within two exchanges (docs/protocol.md): a pause each.
+            time.sleep(0.6)
             httpx2.post(f"{base}/api/sync/{user_id}/verify")
         text = scrape(metrics_port)
     route = "/api/sync/{user_id}"

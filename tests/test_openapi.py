@@ -122,7 +122,7 @@ def live_service(settings: Settings) -> Iterator[asgi.ASGIClient]:
 @pytest.fixture
 def limited_service(settings: Settings) -> Iterator[asgi.ASGIClient]:
     """The service with limits low enough that generated requests run into 429."""
-    limited = dataclasses.replace(settings, rate_limit_per_hour=2, rate_limit_per_ip_hour=8)
+    limited = dataclasses.replace(settings, user_limit_per_window=2, ip_limit_per_window=8)
     with serving(limited) as session:
         yield session
 
