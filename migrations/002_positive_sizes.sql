@@ -1,4 +1,4 @@
--- The API refuses empty blobs and timestamps below 1 (DESIGN §2); say the same in the
+-- The API refuses empty blobs and timestamps below 1 (docs/protocol.md); say the same in the
 -- database so that the app's rules and the CHECK constraints agree in both directions.
 
 ALTER TABLE user_sync_data

@@ -28,6 +28,20 @@ LOCK_KEY = 0x6C6F_6769_6B69_6473 >> 1
 _FILE_NAME = re.compile(r"(\d{3})_[a-z0-9_]+\.sql")
 
 
+EARLIER_WORDINGS: dict[str, frozenset[str]] = {
+    # The first comment line cited a design document outside the repository ("DESIGN §2");
+    # it now cites docs/protocol.md. Same statements, so a database that recorded the old
+    # file's digest applied exactly what the file says (tests/test_migrations.py rebuilds
+    # the old file from today's and checks this digest).
+    "002_positive_sizes": frozenset(
+        {"1d35a05a5956727a3fd45c6ea000e670c16b504e97a3ec4ab999e4cd8b7bc201"}
+    ),
+}
+"""For a version, the SHA-256 of earlier wordings that differ from its file only in
+comments. An applied file must not change (a changed statement goes in a new migration);
+rewording a comment should not stop databases that applied the old words, so each such
+rewording is listed here, explicitly, rather than comparing files without comments."""
+
 class MigrationError(RuntimeError):
     """The migrations on disk and in the database disagree; the message says how."""
 
@@ -44,6 +58,11 @@ class Migration:
     def sql(self) -> str:
         return self.path.read_text(encoding="utf-8")
 
+
+    def matches(self, recorded: str) -> bool:
+        """Whether a digest recorded in schema_migrations is this file as applied: its
+        SHA-256, or that of an earlier comment-only wording (EARLIER_WORDINGS)."""
+        return recorded == self.sha256 or recorded in EARLIER_WORDINGS.get(self.version, ())
 
 @dataclass(frozen=True)
 class MigrationStatus:
@@ -85,7 +104,7 @@ async def status(
             result.append(MigrationStatus(migration.version, "pending"))
             continue
         sha256, applied_at = applied[migration.version]
-        state = "applied" if sha256 == migration.sha256 else "changed"
+        state = "applied" if migration.matches(sha256) else "changed"
         result.append(MigrationStatus(migration.version, state, applied_at))
     known = {m.version for m in on_disk}
     for version, (_, applied_at) in sorted(applied.items()):
@@ -164,7 +183,7 @@ async def _adopt_seed_schema(
 def _refuse_changed(migrations: list[Migration], applied: dict[str, str]) -> None:
     for migration in migrations:
         recorded = applied.get(migration.version)
-        if recorded is not None and recorded != migration.sha256:
+        if recorded is not None and not migration.matches(recorded):
             raise MigrationError(
                 f"migration {migration.path.name} was edited after it was applied "
                 f"(applied sha256 {recorded[:12]}…, file now {migration.sha256[:12]}…); "

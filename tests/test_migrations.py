@@ -199,6 +199,52 @@ def test_two_migration_files_with_one_number_are_refused(empty_url, conn, migrat
     assert not test_queries.table_exists(conn, name="user_sync_data")
 
 
+# --- a comment reworded after it was applied ---------------------------------------------
+
+REWORDED = "002_positive_sizes"
+FIRST_WORDING = (
+    "-- The API refuses empty blobs and timestamps below 1 (DESIGN §2); say the same in the"
+)
+"""002's first line as databases applied it, before it cited docs/protocol.md."""
+
+
+def earlier_wording(first_line: str = FIRST_WORDING) -> bytes:
+    """Today's 002 with its first line as it once was (or `first_line`)."""
+    text = (MIGRATIONS_DIR / f"{REWORDED}.sql").read_bytes()
+    return first_line.encode("utf-8") + b"\n" + text.split(b"\n", 1)[1]
+
+
+def test_the_accepted_earlier_digest_is_the_file_with_only_its_first_comment_changed():
+    today = (MIGRATIONS_DIR / f"{REWORDED}.sql").read_text("utf-8")
+    assert today.split("\n", 1)[0] == FIRST_WORDING.replace("DESIGN §2", "docs/protocol.md")
+    accepted = migrations.EARLIER_WORDINGS
+    assert accepted == {REWORDED: {hashlib.sha256(earlier_wording()).hexdigest()}}
+
+
+def test_a_database_that_applied_the_earlier_wording_migrates_and_reports_applied(
+    empty_url, conn, migrations_copy
+):
+    (migrations_copy / f"{REWORDED}.sql").write_bytes(earlier_wording())
+    apply(empty_url, migrations_copy)
+    assert recorded(conn)[REWORDED] == hashlib.sha256(earlier_wording()).hexdigest()
+
+    assert apply(empty_url) == []  # what start-up runs: nothing to do, nothing refused
+    assert migration_status(empty_url) == dict.fromkeys(EXPECTED_VERSIONS, "applied")
+    assert recorded(conn)[REWORDED] == hashlib.sha256(earlier_wording()).hexdigest()
+
+
+def test_a_database_that_recorded_any_other_digest_for_it_is_still_refused(
+    empty_url, migrations_copy
+):
+    other = earlier_wording(FIRST_WORDING.replace("§2", "§3"))
+    (migrations_copy / f"{REWORDED}.sql").write_bytes(other)
+    apply(empty_url, migrations_copy)
+
+    with pytest.raises(MigrationError, match=f"{REWORDED}.sql was edited"):
+        apply(empty_url)
+    assert migration_status(empty_url)[REWORDED] == "changed"
+
+
 # --- a migration that fails -------------------------------------------------------------
 
 BROKEN_MIGRATION = """\
