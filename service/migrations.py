@@ -42,20 +42,6 @@ rewording a comment should not stop databases that applied the old words, so eac
 rewording is listed here, explicitly, rather than comparing files without comments."""
 
 
-EARLIER_WORDINGS: dict[str, frozenset[str]] = {
-    # The first comment line cited a design document outside the repository ("DESIGN §2");
-    # it now cites docs/protocol.md. Same statements, so a database that recorded the old
-    # file's digest applied exactly what the file says (tests/test_migrations.py rebuilds
-    # the old file from today's and checks this digest).
-    "002_positive_sizes": frozenset(
-        {"1d35a05a5956727a3fd45c6ea000e670c16b504e97a3ec4ab999e4cd8b7bc201"}
-    ),
-}
-"""For a version, the SHA-256 of earlier wordings that differ from its file only in
-comments. An applied file must not change (a changed statement goes in a new migration);
-rewording a comment should not stop databases that applied the old words, so each such
-rewording is listed here, explicitly, rather than comparing files without comments."""
-
 class MigrationError(RuntimeError):
     """The migrations on disk and in the database disagree; the message says how."""
 
@@ -77,11 +63,6 @@ class Migration:
         SHA-256, or that of an earlier comment-only wording (EARLIER_WORDINGS)."""
         return recorded == self.sha256 or recorded in EARLIER_WORDINGS.get(self.version, ())
 
-
-    def matches(self, recorded: str) -> bool:
-        """Whether a digest recorded in schema_migrations is this file as applied: its
-        SHA-256, or that of an earlier comment-only wording (EARLIER_WORDINGS)."""
-        return recorded == self.sha256 or recorded in EARLIER_WORDINGS.get(self.version, ())
 
 @dataclass(frozen=True)
 class MigrationStatus:
