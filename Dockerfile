@@ -1,7 +1,23 @@
 # logikids-sync container image: `docker compose up` (see docker-compose.yml) or
 #   docker build -t logikids-sync . && docker run -e DATABASE_URL=... -p 5175:5175 logikids-sync
-# The service applies pending migrations itself at start-up (docs/architecture.md), so the image needs
-# nothing but a DATABASE_URL.
+# The service applies pending migrations itself at start-up (docs/architecture.md), so the
+# image needs nothing but a DATABASE_URL.
+
+# --- build: the wheel, with the locked setuptools --------------------------------------
+FROM python:3.11-slim AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+WORKDIR /src
+COPY requirements/build.txt requirements/build.txt
+RUN pip install --require-hashes --no-deps -r requirements/build.txt
+# service/queries and service/migrations link to the top-level folders: the wheel carries
+# the SQL files themselves.
+COPY pyproject.toml README.md LICENSE ./
+COPY queries/ queries/
+COPY migrations/ migrations/
+COPY service/ service/
+RUN pip wheel --no-deps --no-build-isolation --wheel-dir /dist .
+
+# --- runtime: the locked dependencies, then the wheel alone ----------------------------
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -9,25 +25,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 
-# An unprivileged user to run as; it owns nothing in /app, which it only reads.
+# An unprivileged user to run as; it owns nothing it could change.
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin app
 
-WORKDIR /app
-
-# queries/ and migrations/ live beside the package (service/__init__.py resolves them as
-# PROJECT_ROOT/queries and PROJECT_ROOT/migrations), so the whole project goes into /app and
-# is installed in place: a plain `pip install .` would leave them out of site-packages.
-# README.md* : copied when present (pyproject.toml names it as the readme).
-COPY pyproject.toml README.md* /app/
-COPY service/ /app/service/
-COPY queries/ /app/queries/
-COPY migrations/ /app/migrations/
-RUN pip install --no-cache-dir -e /app \
+COPY requirements/main.txt /tmp/requirements.txt
+RUN pip install --require-hashes --no-deps -r /tmp/requirements.txt && rm /tmp/requirements.txt
+COPY --from=build /dist/ /tmp/dist/
+RUN pip install --no-deps /tmp/dist/*.whl \
+    && rm -rf /tmp/dist \
     && cd / \
-    && python -c "import service; assert service.QUERIES_DIR.is_dir() and service.MIGRATIONS_DIR.is_dir()" \
-    && logikids-sync --help > /dev/null
+    && logikids-sync sql --print store_record > /dev/null
 
 USER app
 

