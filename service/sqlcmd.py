@@ -1,16 +1,18 @@
 """`logikids-sync sql NAME [param=value ...]`: run one named query through psql.
 
-The statement is the one aiosql gives the service (queries/*.sql, comment lines left
-out), with each `:name` placeholder turned into psql's `:'name'`, which psql replaces by
-the variable's value as a quoted literal; values are passed with `-v`, never pasted into
-the text, so a value cannot change the statement. A value of exactly `NULL` binds SQL
-NULL instead (`:name`, unquoted), which no quoted literal can express; array parameters
-take a PostgreSQL array literal such as `{a,b}`.
+The query's name, parameters, description and statement are what aiosql loads from
+queries/*.sql for the service (its own parser; comment lines left out), with each `:name`
+placeholder turned into psql's `:'name'`, which psql replaces by the variable's value as
+a quoted literal; values are passed with `-v`, never pasted into the text, so a value
+cannot change the statement. A value of exactly `NULL` binds SQL NULL instead (`:name`,
+unquoted), which no quoted literal can express; array parameters take a PostgreSQL array
+literal such as `{a,b}`.
 """
 
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 import re
 import shutil
@@ -19,7 +21,10 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import aiosql
+from aiosql.adapters import GenericAdapter
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from service import QUERIES_DIR
@@ -27,15 +32,6 @@ from service.config import Settings
 
 NULL = "NULL"
 """The value that binds SQL NULL rather than a string."""
-
-# The same parsing rules as aiosql's QueryLoader, so the text here is the text it loads.
-_QUERY_DEF = re.compile(r"--\s*name\s*:\s*")
-_NAME_SPEC = re.compile(
-    r"^(?P<name>\w+)\s*(?:\((?P<params>[^)]*)\))?\s*(?P<suffix>\^|\$|!|<!|\*!|#)?$"
-)
-_RECORD_CLASS = re.compile(r"--\s*record_class\s*:\s*\w+\s*$")
-_COMMENT_LINE = re.compile(r"\s*--\s*(.*)$")
-_BLOCK_COMMENT = re.compile(r"/\*(?!\+).*?\*/", re.DOTALL)
 
 # What can contain a colon without being a placeholder comes first, so that quoted text,
 # comments, `::type` casts and `:=` are kept as they are.
@@ -58,7 +54,7 @@ class UsageError(ValueError):
 
 @dataclass(frozen=True)
 class NamedQuery:
-    """One `-- name:` block of a file in queries/."""
+    """One named query of a file in queries/, as aiosql loaded it."""
 
     name: str
     params: tuple[str, ...]
@@ -80,44 +76,35 @@ class NamedQuery:
 
 
 def load_queries(directory: Path = QUERIES_DIR) -> dict[str, NamedQuery]:
-    """Every named query in the directory's .sql files, in file order."""
+    """Every named query in the directory's .sql files, file by file, as aiosql loads them.
+
+    aiosql's pass-through adapter (GenericAdapter) keeps the `:name` placeholders that
+    psql needs; the service's adapter turns the same text into `%(name)s`. Each file is
+    loaded on its own so the listing can say where a query lives."""
     found: dict[str, NamedQuery] = {}
     for path in sorted(directory.glob("*.sql")):
-        text = _BLOCK_COMMENT.sub("", path.read_text(encoding="utf-8"))
-        for block in _QUERY_DEF.split(text)[1:]:
-            query = _parse_block(block, path)
-            found[query.name] = query
+        loaded = aiosql.from_path(path, GenericAdapter)
+        names = set(loaded.available_queries)
+        for name in loaded.available_queries:
+            if name.endswith("_cursor") and name.removesuffix("_cursor") in names:
+                continue  # the cursor twin aiosql adds for each SELECT
+            query = getattr(loaded, name)
+            found[name] = NamedQuery(
+                name=name,
+                params=_parameters(query),
+                doc=query.__doc__ or "",
+                sql=query.sql,
+                path=path,
+            )
     return found
 
 
-def _parse_block(block: str, path: Path) -> NamedQuery:
-    lines = [line.rstrip() for line in block.strip().splitlines()]
-    spec = _NAME_SPEC.match(lines[0].replace("-", "_"))
-    if spec is None:
-        raise UsageError(f"{path.name}: cannot read the query spec {lines[0]!r}")
-    body = lines[1:]
-    if body and _RECORD_CLASS.match(body[0]):
-        body = body[1:]
-    doc: list[str] = []
-    sql: list[str] = []
-    for line in body:
-        comment = _COMMENT_LINE.match(line)
-        if comment:
-            doc.append(comment.group(1))
-        else:
-            sql.append(line)
-    statement = "\n".join(sql).strip()
-    if spec["params"] is not None:
-        params = tuple(p.strip() for p in spec["params"].split(",") if p.strip())
-    else:
-        params = tuple(dict.fromkeys(_placeholders(statement)))
-    return NamedQuery(
-        name=spec["name"], params=params, doc="\n".join(doc).rstrip(), sql=statement, path=path
-    )
-
-
-def _placeholders(sql: str) -> list[str]:
-    return [m["name"] for m in _TOKENS.finditer(sql) if m["name"]]
+def _parameters(query: Any) -> tuple[str, ...]:
+    """The parameters declared in the query's name line, in their order; without a
+    declaration, the placeholders aiosql found (the signature it gives the query)."""
+    if query.parameters is not None:
+        return tuple(query.parameters)
+    return tuple(inspect.signature(query).parameters)
 
 
 def _convert_placeholders(sql: str, nulls: set[str]) -> str:
