@@ -3,19 +3,22 @@
 
 -- name: erase_inactive_records(inactive_days, batch_size)$
 -- Erase one batch of the oldest inactive records and return how many went. The batch is
--- found through idx_last_accessed (oldest first, LIMIT) and SKIP LOCKED never waits on a
--- row a request is writing: each batch is one short statement that locks only its own
--- rows. FOR UPDATE re-checks last_accessed on rows changed meanwhile, so a record
--- read or stored during the cleanup is kept.
+-- found through idx_last_accessed (oldest first, LIMIT); each batch is one short statement
+-- that locks only its own rows. The DELETE checks last_accessed again: a row a request
+-- is writing meanwhile is waited for (one short statement) and then re-checked as it is
+-- now, so a record read or stored during the cleanup is kept. No FOR UPDATE SKIP LOCKED:
+-- Citus refuses row locks in a statement over many shards, and this form runs there too
+-- (the batch is chosen first, then deleted on every shard that holds part of it).
 WITH batch AS (
   SELECT user_id FROM user_sync_data
   WHERE last_accessed < now() - make_interval(days => :inactive_days)
   ORDER BY last_accessed
   LIMIT :batch_size
-  FOR UPDATE SKIP LOCKED
 ),
 erased AS (
-  DELETE FROM user_sync_data WHERE user_id IN (SELECT user_id FROM batch)
+  DELETE FROM user_sync_data
+  WHERE user_id IN (SELECT user_id FROM batch)
+    AND last_accessed < now() - make_interval(days => :inactive_days)
   RETURNING 1
 )
 SELECT count(*) FROM erased;

@@ -21,7 +21,11 @@
 -- never overwrites a newer record: it is checked against the row as it is when written,
 -- even while clients store meanwhile. Written rows are told apart by xmax = 0 (the row
 -- was inserted by this statement, not updated); rows left alone are classified against
--- the statement's snapshot, which the CTE's writes do not change.
+-- the statement's snapshot, which the CTE's writes do not change. Two forms are for
+-- Citus (distributed PostgreSQL): the new version is drawn in the SELECT, since Citus
+-- allows no volatile function in DO UPDATE SET, and the stored rows are looked up by the
+-- batch's user ids (= ANY), so Citus reads only the shards that hold them instead of
+-- pulling the whole table to the coordinator for the join.
 WITH incoming AS (
   SELECT *
   FROM unnest(
@@ -38,11 +42,12 @@ WITH incoming AS (
 ),
 written AS (
   INSERT INTO user_sync_data AS d
-    (user_id, encrypted_blob, iv, timestamp, checksum, blob_size, created_at, last_accessed)
+    (user_id, encrypted_blob, iv, timestamp, checksum, blob_size, created_at, last_accessed,
+     version)
   -- Dates in the future (a client's clock) are clamped to now: a lastAccessed in the
   -- future would keep the record from ever being cleaned up.
   SELECT user_id, encrypted_blob, iv, timestamp, checksum, blob_size,
-         least(created_at, now()), least(last_accessed, now())
+         least(created_at, now()), least(last_accessed, now()), gen_random_uuid()
   FROM incoming
   ON CONFLICT (user_id) DO UPDATE SET
     encrypted_blob = EXCLUDED.encrypted_blob,
@@ -52,7 +57,7 @@ written AS (
     blob_size = EXCLUDED.blob_size,
     created_at = least(d.created_at, EXCLUDED.created_at),
     last_accessed = greatest(d.last_accessed, EXCLUDED.last_accessed),
-    version = gen_random_uuid()
+    version = EXCLUDED.version
   WHERE d.timestamp < EXCLUDED.timestamp
   RETURNING d.user_id, d.xmax = 0 AS inserted
 )
@@ -68,11 +73,15 @@ SELECT f.user_id,
        END AS outcome
 FROM incoming AS f
 LEFT JOIN written AS w ON w.user_id = f.user_id
-LEFT JOIN user_sync_data AS d ON d.user_id = f.user_id;
+LEFT JOIN (
+  SELECT user_id, timestamp, iv, checksum, encrypted_blob FROM user_sync_data
+  WHERE user_id = ANY (CAST(:user_ids AS uuid[]))
+) AS d ON d.user_id = f.user_id;
 
 -- name: classify_records(user_ids, encrypted_blobs, ivs, timestamps, checksums)
 -- What `import-legacy --dry-run` reports: the outcome import_records would give each
--- file now, read-only (the same outcomes, decided from the same comparisons).
+-- file now, read-only (the same outcomes, decided from the same comparisons; the same
+-- lookup by user ids as import_records).
 SELECT f.user_id,
        CASE
          WHEN d.user_id IS NULL THEN 'imported'
@@ -89,4 +98,7 @@ FROM unnest(
   CAST(:timestamps AS bigint[]),
   CAST(:checksums AS text[])
 ) AS f (user_id, encrypted_blob, iv, timestamp, checksum)
-LEFT JOIN user_sync_data AS d ON d.user_id = f.user_id;
+LEFT JOIN (
+  SELECT user_id, timestamp, iv, checksum, encrypted_blob FROM user_sync_data
+  WHERE user_id = ANY (CAST(:user_ids AS uuid[]))
+) AS d ON d.user_id = f.user_id;

@@ -44,8 +44,9 @@ async def erase_inactive(
 ) -> int:
     """Erase records not accessed for `inactive_days`, batch by batch; return how many.
 
-    Stops after the first batch smaller than `batch_size`: nothing old is left, or the
-    rest is locked by requests right now and waits for the next run.
+    Stops after the first batch smaller than `batch_size`: nothing old is left, or some
+    of the batch was read or stored meanwhile and kept; anything else waits for the next
+    run. The statement (queries/cleanup.sql) also runs on Citus, over every shard.
     """
     if not conn.autocommit:
         raise ValueError("erase_inactive needs an autocommit connection: a batch per commit")

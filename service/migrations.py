@@ -3,7 +3,8 @@
 Each applied file is recorded with its SHA-256 in `schema_migrations`; a recorded file
 that was edited afterwards stops the runner, because the database no longer matches
 what the file says. A session advisory lock serialises runners, so replicas that start
-together apply every migration exactly once.
+together apply every migration exactly once. On a Citus coordinator the runner then
+distributes user_sync_data by user_id (distribute_on_citus).
 """
 
 from __future__ import annotations
@@ -159,9 +160,73 @@ async def migrate(
                     f"{migration.path.name} failed and was rolled back: {exc}"
                 ) from exc
             done.append(migration.version)
+        await distribute_on_citus(conn)
         return done
     finally:
         await queries.unlock_migrations(conn, lock_key=LOCK_KEY)
+
+
+DISTRIBUTED_TABLE = "user_sync_data"
+DISTRIBUTION_COLUMN = "user_id"
+
+
+async def distribute_on_citus(conn: psycopg.AsyncConnection) -> bool:
+    """On a Citus coordinator, distribute user_sync_data by user_id; True when this call did.
+
+    Runs after the migrations, under their advisory lock (so replicas starting together
+    distribute once), and does nothing: on plain PostgreSQL (no `citus` extension in this
+    database); on a coordinator with no worker registered yet (the table stays a local
+    table there, and logs so; re-running `migrate` once workers are added distributes it);
+    and on a table that is already distributed. The shards get the rows the table held,
+    and the coordinator's leftover local copy of them is truncated (queries/citus.sql).
+
+    rate_limit_hits and schema_migrations stay local tables on the coordinator: nothing
+    joins them to user_sync_data, and the counters are touched only by their own
+    statements.
+
+    Later migrations keep working on the distributed table, with rules of Citus's own.
+    Citus propagates ALTER TABLE (ADD/DROP COLUMN, volatile defaults included; ADD
+    CONSTRAINT CHECK; ALTER COLUMN TYPE of any column but user_id), CREATE/DROP INDEX and
+    the like to every shard, inside the migration's transaction next to its
+    schema_migrations row. But for most of them (all but a lone ADD COLUMN, and COMMENT)
+    it sends the shards the text it was sent, and that fails when the text holds more
+    than one statement ("cannot insert multiple commands into a prepared statement"):
+    this runner sends each file as one text, so each statement that changes
+    user_sync_data goes in a migration file of its own. Citus also refuses an ADD
+    CONSTRAINT next to other subcommands of one ALTER TABLE (as in 002_positive_sizes),
+    and what cannot hold per shard (changing user_id's type; a UNIQUE constraint or
+    primary key without user_id). A refused migration fails and is rolled back like any
+    other. Files up to 005 run before the table is distributed, so they are not bound;
+    tests/citus/test_distribution.py applies each kind, and every later file of the
+    repository on a distributed table.
+    """
+    if not await queries.citus_installed(conn):
+        return False
+    if await queries.citus_distributed(conn, table_name=DISTRIBUTED_TABLE):
+        return False
+    workers = await queries.citus_worker_count(conn)
+    if not workers:
+        logger.info(
+            "Citus without workers: %s stays a local table until workers are added "
+            "(citus_add_node), then run migrate again to distribute it",
+            DISTRIBUTED_TABLE,
+        )
+        return False
+    try:
+        async with conn.transaction():
+            await queries.citus_distribute_user_sync_data(conn)
+            await queries.citus_truncate_local_user_sync_data(conn)
+    except psycopg.DatabaseError as exc:
+        raise MigrationError(
+            f"distributing {DISTRIBUTED_TABLE} on Citus failed and was rolled back: {exc}"
+        ) from exc
+    logger.info(
+        "Distributed %s by %s over %d Citus workers",
+        DISTRIBUTED_TABLE,
+        DISTRIBUTION_COLUMN,
+        workers,
+    )
+    return True
 
 
 SEED_VERSION = "001_init"

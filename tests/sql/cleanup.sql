@@ -9,10 +9,11 @@ WITH batch AS (
   WHERE last_accessed < now() - make_interval(days => :inactive_days)
   ORDER BY last_accessed
   LIMIT :batch_size
-  FOR UPDATE SKIP LOCKED
 ),
 erased AS (
-  DELETE FROM user_sync_data WHERE user_id IN (SELECT user_id FROM batch)
+  DELETE FROM user_sync_data
+  WHERE user_id IN (SELECT user_id FROM batch)
+    AND last_accessed < now() - make_interval(days => :inactive_days)
   RETURNING 1
 )
 SELECT count(*) FROM erased;
