@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # The database: $DATABASE_URL when set, else the local dev cluster (started on demand).
 DB_URL = $${DATABASE_URL:-$$($(PY) -m service.localpg start $(PGDATA_DEV))}
 
-.PHONY: venv lock upgrade dev migrate migrate-status psql sql backup restore test test-faults lint openapi bench bench-scale bench-levers bench-floor dev-db-stop clean
+.PHONY: venv lock upgrade dev migrate migrate-status psql sql backup restore test test-faults test-citus lint openapi bench bench-scale bench-levers bench-floor dev-db-stop clean
 
 venv: $(VENV)/.installed
 
@@ -84,6 +84,13 @@ test: venv
 ## make test-faults: the fault-injection suite (tests/faults, several minutes; see docs/reliability.md)
 test-faults: venv
 	$(PY) -m pytest -m faults tests/faults $(PYTEST_ARGS)
+
+## make test-citus: the API, cleanup and import tests on a Citus cluster of their own (a
+## coordinator and two workers, tests/citus), run by the system's PostgreSQL, which Citus is
+## built into (../shared/citus/install.sh in CI); PG_BINDIR=... picks other binaries
+CITUS_BINDIR ?= $(shell pg_config --bindir 2>/dev/null)
+test-citus: venv
+	PG_BINDIR="$${PG_BINDIR:-$(CITUS_BINDIR)}" $(PY) -m pytest tests/citus $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check service tests bench
