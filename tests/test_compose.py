@@ -406,3 +406,117 @@ def test_docker_compose_config_validates() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+# --- docker-compose.yml: the `citus` profile (Citus, distributed PostgreSQL) ---------------
+
+CITUS_NODES = ("citus-coordinator", "citus-worker1", "citus-worker2")
+CITUS_SERVICES = (*CITUS_NODES, "citus-setup", "sync-citus")
+
+
+def database_url_parts(url: str) -> dict[str, str]:
+    match = re.fullmatch(r"postgresql://(?P<user>[^:@]+):(?P<password>.+)@(?P<host>[^:/]+)"
+                         r":(?P<port>\d+)/(?P<db>\w+)", url)  # fmt: skip
+    assert match, url
+    return match.groupdict()
+
+
+def test_citus_profile_holds_a_coordinator_two_workers_setup_and_the_service() -> None:
+    in_profile = {
+        name
+        for name, svc in compose()["services"].items()
+        if "citus" in (svc.get("profiles") or [])
+    }
+    assert in_profile == set(CITUS_SERVICES)
+    for name in CITUS_SERVICES:
+        assert service(name)["profiles"] == ["citus"], name
+
+
+def test_the_default_profile_is_unchanged_by_the_citus_one() -> None:
+    """`docker compose up` without --profile starts postgres and backend only."""
+    default = {name for name, svc in compose()["services"].items() if not svc.get("profiles")}
+    assert default == {"postgres", "backend"}
+
+
+def test_citus_nodes_run_the_official_image_of_one_version() -> None:
+    images = {service(name)["image"] for name in (*CITUS_NODES, "citus-setup")}
+    assert len(images) == 1, images
+    (image,) = images
+    assert image.startswith("citusdata/citus:"), image
+
+
+def test_citus_nodes_have_pg_isready_healthchecks_and_their_own_data_volumes() -> None:
+    declared = set(compose().get("volumes") or {})
+    sources = set()
+    for name in CITUS_NODES:
+        svc = service(name)
+        test = healthcheck_command(svc)
+        command = test[1] if test[0] == "CMD-SHELL" else shlex.join(test[1:])
+        assert shlex.split(command)[0] == "pg_isready", name
+        ((source, target),) = volume_mounts(svc)
+        assert target == PGDATA and source in declared, name
+        sources.add(source)
+    assert len(sources) == len(CITUS_NODES), "each node needs a data volume of its own"
+
+
+def test_citus_nodes_share_credentials_the_coordinator_uses_to_reach_the_workers() -> None:
+    """Citus connects from the coordinator to each worker as a libpq client, which reads
+    PGUSER and PGPASSWORD: they must be the nodes' own user and password."""
+    envs = [environment(service(name)) for name in CITUS_NODES]
+    assert all(env == envs[0] for env in envs)
+    env = envs[0]
+    assert env["PGUSER"] == env["POSTGRES_USER"]
+    assert env["PGPASSWORD"] == env["POSTGRES_PASSWORD"]
+
+
+def test_citus_ports_if_published_are_loopback_only_and_differ_from_postgres() -> None:
+    postgres_ports = {str(p) for p in service("postgres").get("ports") or []}
+    for name in CITUS_NODES:
+        for port in service(name).get("ports") or []:
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+            assert str(port) not in postgres_ports, (name, port)
+
+
+def test_citus_setup_registers_both_workers_once_every_node_is_healthy() -> None:
+    setup = service("citus-setup")
+    argv = [str(word) for word in setup["entrypoint"]]
+    assert argv[0] == "psql" and "ON_ERROR_STOP=1" in argv
+    statements = [argv[i + 1] for i, word in enumerate(argv) if word == "-c"]
+    assert statements[0] == "SELECT citus_set_coordinator_host('citus-coordinator', 5432)"
+    assert statements[1:] == [f"SELECT citus_add_node('{w}', 5432)" for w in CITUS_NODES[1:]]
+    assert environment(setup)["PGHOST"] == "citus-coordinator"
+    depends = setup["depends_on"]
+    assert {name: depends[name]["condition"] for name in depends} == {
+        name: "service_healthy" for name in CITUS_NODES
+    }
+    assert str(setup.get("restart", "no")) == "no"
+
+
+def test_sync_citus_database_url_points_at_the_coordinator_as_its_user() -> None:
+    parts = database_url_parts(environment(service("sync-citus"))["DATABASE_URL"])
+    coordinator = environment(service("citus-coordinator"))
+    assert parts["host"] == "citus-coordinator" and parts["port"] == "5432"
+    assert parts["user"] == coordinator["POSTGRES_USER"]
+    assert parts["password"] == coordinator["POSTGRES_PASSWORD"]
+    assert parts["db"] == coordinator["POSTGRES_DB"]
+
+
+def test_sync_citus_starts_after_the_workers_are_registered() -> None:
+    """Its migrate at start-up distributes user_sync_data only when workers are there."""
+    depends = service("sync-citus")["depends_on"]
+    assert depends == {"citus-setup": {"condition": "service_completed_successfully"}}
+
+
+def test_sync_citus_is_the_backend_on_other_host_ports() -> None:
+    backend, citus = service("backend"), service("sync-citus")
+    assert citus["build"] == backend["build"]
+    assert healthcheck_command(citus) == healthcheck_command(backend)
+    assert citus["stop_grace_period"] == backend["stop_grace_period"]
+    env = environment(citus)
+    assert set(env) <= config_env_names()
+    assert {k: v for k, v in env.items() if k != "DATABASE_URL"} == {
+        k: v for k, v in environment(backend).items() if k != "DATABASE_URL"
+    }
+    host_ports = {str(p).rsplit(":", 1)[0] for p in citus["ports"]}
+    assert not host_ports & {str(p).rsplit(":", 1)[0] for p in backend["ports"]}
+    assert any(str(p).endswith(f":{env['PORT']}") for p in citus["ports"])
