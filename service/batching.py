@@ -2,9 +2,10 @@
 
 Why: on a small machine a round trip costs more CPU than the statement itself (a send,
 a wake-up of the backend, a wait, a receive). Sending whatever statements are waiting
-as one psycopg pipeline spends one round trip on many requests; `python -m
+as one libpq pipeline spends one round trip on many requests; `python -m
 bench.batching` measured about twice the statements per second at half the CPU per
-statement (docs/benchmarks.md).
+statement (docs/benchmarks.md). The exchange itself (service/pgwire.py) goes through
+psycopg's documented libpq wrapper, prepared statements and text-format values.
 
 What does not change: every statement is still its own transaction. A Sync follows each
 one, so a statement that fails fails only its own request, its row locks are released
@@ -30,12 +31,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
+
+from service import pgwire
 
 
 @dataclass(slots=True)
@@ -61,9 +64,11 @@ class StatementBatcher:
         max_batch_size: int = 64,
         max_batch_bytes: int = 4 * 1024 * 1024,
         pipelined: bool = True,
+        prepare: bool = True,
     ) -> None:
         self.pool = pool
         self.pipelined = pipelined
+        self.prepare = prepare
         self.batch_deadline = batch_deadline
         self.max_batches = max_batches
         self.queue_timeout = queue_timeout
@@ -122,61 +127,55 @@ class StatementBatcher:
                         batch.append(waiting)
                         size += waiting.size
                 if batch:
-                    not_sent = await self._run(batch)
-                    self._queue.extendleft(reversed(not_sent))  # first in line again
+                    await self._run(batch)
         finally:
             self._running -= 1
 
-    async def _run(self, batch: list[_Waiting]) -> list[_Waiting]:
+    async def _run(self, batch: list[_Waiting]) -> None:
         """Run `batch` in one pipeline and answer each request with its own row or its
-        own error. Returns the statements never queued because psycopg refused an
-        earlier one's parameters (they run in the next batch); on a broken connection
-        every statement without a result hears the connection's error (503)."""
-        sent: list[tuple[_Waiting, _StatementCursor]] = []
-        failure: psycopg.Error | None = None
+        own error. A parameter that cannot be sent fails its own statement before
+        anything is sent; on a broken connection every statement still waiting hears
+        the connection's error (503), and the connection is closed, not pooled."""
+        sendable: list[tuple[_Waiting, pgwire.Statement, list[bytes | None]]] = []
+        for waiting in batch:
+            stmt = pgwire.statement(waiting.sql)
+            try:
+                sendable.append((waiting, stmt, stmt.encode(waiting.params)))
+            except psycopg.Error as exc:
+                waiting.result.set_exception(exc)
+        if not sendable:
+            return
         try:
             async with self.pool.connection() as conn:
                 watchdog = _Watchdog(conn, self.batch_deadline) if self.batch_deadline else None
+                healthy = False
                 try:
                     try:
-                        if not self.pipelined:  # a batch of one, as a plain statement
-                            cursor = _StatementCursor(conn)
-                            sent.append((batch[0], cursor))
-                            await cursor.execute(batch[0].sql, batch[0].params)
-                        else:
-                            async with conn.pipeline() as pipeline:
-                                with _exchanges_deferred(pipeline):
-                                    for waiting in batch:
-                                        cursor = _StatementCursor(conn)
-                                        sent.append((waiting, cursor))  # queued even if it raises
-                                        await cursor.execute(waiting.sql, waiting.params)
-                                        _end_transaction(pipeline)
-                                    _write_queued(pipeline)
-                    except psycopg.Error as exc:
-                        failure = exc  # an earlier statement's error, or the connection's
+                        answers = await pgwire.run_batch(
+                            conn,
+                            [(stmt, values) for _, stmt, values in sendable],
+                            prepare=self.prepare,
+                            pipelined=self.pipelined,
+                        )
                     finally:
                         if watchdog is not None:
                             await watchdog.stop()
-                    for waiting, cursor in sent:
-                        if waiting.result.done():
-                            continue
-                        if not _succeeded(cursor):  # its own error; else the batch's (broken)
-                            waiting.result.set_exception(cursor.error or failure or _no_result())
-                            continue
-                        try:  # reads the row already received: an error here is this row's
-                            waiting.result.set_result(await cursor.fetchone())
-                        except Exception as exc:
-                            waiting.result.set_exception(exc)
+                    healthy = watchdog is None or not watchdog.cancel_sent
                 finally:
-                    if watchdog is not None and watchdog.cancel_sent:
+                    if not healthy:
                         # Closed inside the block: the pool discards it and opens another.
                         await conn.close()
+            for (waiting, _, _), answer in zip(sendable, answers, strict=True):
+                if waiting.result.done():
+                    continue
+                if isinstance(answer, Exception):
+                    waiting.result.set_exception(answer)
+                else:
+                    waiting.result.set_result(answer)
         except BaseException as exc:  # no connection, or worse: every request hears it
             _fail_all(batch, exc if isinstance(exc, Exception) else _no_result())
             if not isinstance(exc, Exception):
                 raise
-            return []
-        return batch[len(sent) :]
 
 
 class _Watchdog:
@@ -213,70 +212,6 @@ class _Watchdog:
         caller's: a cancellation of the caller still propagates)."""
         self._task.cancel()
         await asyncio.wait([self._task])
-
-
-@contextlib.contextmanager
-def _exchanges_deferred(pipeline: psycopg.AsyncPipeline) -> Iterator[None]:
-    """Queue statements without psycopg's exchange with the server after each one.
-
-    In pipeline mode psycopg's `execute` polls the socket, flushes and reads whatever
-    results have arrived after every statement. For a batch queued in one go that is
-    wasted work: side by side (`python -m bench.levers`) GET ran 1.08x and verify 1.16x
-    faster without it (docs/benchmarks.md, change 12). Leaving the block restores the
-    exchange, and the pipeline's exit sends the batch and reads every result, as before.
-    This shadows a private method of psycopg's pipeline; tests/test_batching.py fails if
-    psycopg renames it."""
-    pipeline._communicate_gen = _no_exchange  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        del pipeline._communicate_gen
-
-
-def _no_exchange() -> Iterator[None]:
-    return
-    yield  # a generator that yields nothing: psycopg's `yield from` finds nothing to do
-
-
-def _write_queued(pipeline: psycopg.AsyncPipeline) -> None:
-    """Hand the queued statements and their Syncs to libpq now. Each Sync flushes what
-    is buffered so far without waiting (the connection is non-blocking), so the batch
-    is on its way while psycopg's exit waits for the results."""
-    queue = pipeline.command_queue
-    while queue:
-        queue.popleft()()
-
-
-def _end_transaction(pipeline: psycopg.AsyncPipeline) -> None:
-    """Queue a Sync after the statement just queued, without waiting for results: the
-    statement becomes its own transaction. psycopg has no public call for this (its
-    `sync()` also waits for the results), so this uses the one its pipeline uses
-    itself; tests/test_batching.py fails if that ever changes."""
-    pipeline._enqueue_sync()
-
-
-class _StatementCursor(psycopg.AsyncCursor[Any]):
-    """A cursor that keeps its own statement's error. A pipeline raises only the first
-    error among the results it reads, and each request must hear its own: a timeout
-    stays a 503 even when another statement of its batch broke a CHECK."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, connection: psycopg.AsyncConnection[Any]) -> None:
-        super().__init__(connection)
-        self.error: psycopg.Error | None = None
-
-    def _check_results(self, results: list[psycopg.pq.abc.PGresult]) -> None:
-        try:
-            super()._check_results(results)
-        except psycopg.Error as exc:
-            self.error = exc
-            raise
-
-
-def _succeeded(cursor: psycopg.AsyncCursor[Any]) -> bool:
-    result = cursor.pgresult
-    return result is not None and result.status == psycopg.pq.ExecStatus.TUPLES_OK
 
 
 def _text_bytes(params: Mapping[str, Any]) -> int:

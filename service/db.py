@@ -139,6 +139,7 @@ def create_batcher(pool: AsyncConnectionPool, settings: Settings) -> StatementBa
         max_waiting=settings.pool_max_waiting,
         batch_deadline=settings.statement_timeout_ms / 1000 or None,
         pipelined=settings.pipeline,
+        prepare=settings.prepare_threshold is not None,
     )
 
 

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from psycopg_pool import PoolTimeout, TooManyRequests
 
+from service import pgwire
 from service.batching import StatementBatcher
 from service.db import create_pool, queries
 from tests.conftest import new_user_id, test_queries
@@ -39,18 +40,19 @@ def stored_users(db) -> set[str]:
 
 @contextlib.contextmanager
 def counting_pipelines(opened: list[int]) -> Iterator[None]:
-    """Append to `opened` each time a connection enters pipeline mode."""
-    original = psycopg.AsyncConnection.pipeline
+    """Append to `opened` each time a batch is run in pipeline mode (one round trip)."""
+    original = pgwire.run_batch
 
-    def counting_pipeline(self, *args, **kwargs):
-        opened.append(1)
-        return original(self, *args, **kwargs)
+    async def counting_run_batch(conn, batch, *, prepare, pipelined):
+        if pipelined:
+            opened.append(len(batch))
+        return await original(conn, batch, prepare=prepare, pipelined=pipelined)
 
-    psycopg.AsyncConnection.pipeline = counting_pipeline
+    pgwire.run_batch = counting_run_batch
     try:
         yield
     finally:
-        psycopg.AsyncConnection.pipeline = original
+        pgwire.run_batch = original
 
 
 async def with_batcher(settings, body, *, pool_max=2, **kwargs):
@@ -116,37 +118,9 @@ def test_each_failing_statement_of_a_batch_hears_its_own_error(settings):
     assert [tuple(results[i]) for i in (0, 2, 4)] == [(1,), (1,), (1,)]
 
 
-def test_a_batch_is_queued_whole_before_psycopg_exchanges_with_the_server(settings):
-    """psycopg's pipeline polls, flushes and reads after every execute; the batcher
-    defers that to the pipeline's exit (docs/benchmarks.md, change 12). This fails if
-    psycopg renames the private method the batcher shadows."""
-    from psycopg._pipeline_base import BasePipeline
-
-    exchanges: list[int] = []
-    pipelines: list[int] = []
-    original = BasePipeline._communicate_gen
-
-    def counting_exchange(self):
-        exchanges.append(1)
-        return original(self)
-
-    async def body(batcher, pool):
-        with counting_pipelines(pipelines):
-            return await asyncio.gather(*(batcher.fetchone(ONE, {}) for _ in range(40)))
-
-    BasePipeline._communicate_gen = counting_exchange
-    try:
-        rows = asyncio.run(with_batcher(settings, body))
-    finally:
-        BasePipeline._communicate_gen = original
-    assert [tuple(r) for r in rows] == [(1,)] * 40
-    assert len(pipelines) < 40
-    assert len(exchanges) == len(pipelines)  # only each pipeline's exit, not per statement
-
-
 def test_a_parameter_that_cannot_be_sent_fails_its_own_statement_mid_batch(settings):
-    """psycopg refuses the parameter before anything is queued for it: the statements
-    queued before it still run in this batch, the ones after it in the next."""
+    """A parameter that cannot be sent fails its own statement before anything is sent;
+    the rest of the batch runs as one."""
     pipelines: list[int] = []
 
     async def body(batcher, pool):
@@ -159,7 +133,7 @@ def test_a_parameter_that_cannot_be_sent_fails_its_own_statement_mid_batch(setti
     results = asyncio.run(with_batcher(settings, body, max_batches=1))
     assert isinstance(results[2], psycopg.ProgrammingError)
     assert [tuple(results[i]) for i in (0, 1, 3, 4)] == [(1,)] * 4
-    assert len(pipelines) == 2
+    assert pipelines == [4]
 
 
 def test_a_batch_holds_at_most_max_batch_bytes_of_parameters_but_at_least_one(settings):
