@@ -56,28 +56,23 @@ WHERE user_id = :user_id AND NOT EXISTS (SELECT FROM updated);
 
 -- name: store_record_unless_match(user_id, encrypted_blob, iv, timestamp, checksum, blob_size, version, versions)^
 -- PUT with If-None-Match: create the record, or replace it only when its version is none
--- of :versions (NULL means `*`: create only). Answers `stored` true with the new version
--- when stored and false with the current version when the precondition failed.
-WITH stored AS (
-  INSERT INTO user_sync_data AS r
-    (user_id, encrypted_blob, iv, timestamp, checksum, blob_size, version)
-  VALUES (:user_id, :encrypted_blob, :iv, :timestamp, :checksum, :blob_size, :version)
-  ON CONFLICT (user_id) DO UPDATE SET
-    encrypted_blob = EXCLUDED.encrypted_blob,
-    iv = EXCLUDED.iv,
-    timestamp = EXCLUDED.timestamp,
-    checksum = EXCLUDED.checksum,
-    blob_size = EXCLUDED.blob_size,
-    last_accessed = EXCLUDED.last_accessed,
-    version = EXCLUDED.version
-  WHERE CAST(:versions AS uuid[]) IS NOT NULL
-    AND r.version <> ALL (CAST(:versions AS uuid[]))
-  RETURNING version
-)
-SELECT true AS stored, version FROM stored
-UNION ALL
-SELECT false, version FROM user_sync_data
-WHERE user_id = :user_id AND NOT EXISTS (SELECT FROM stored);
+-- of :versions (NULL means `*`: create only). Answers the new version when stored, no
+-- row when the precondition failed (the service then reads the current version for its
+-- 412). One plain upsert, without a CTE: Citus routes it to one shard.
+INSERT INTO user_sync_data AS r
+  (user_id, encrypted_blob, iv, timestamp, checksum, blob_size, version)
+VALUES (:user_id, :encrypted_blob, :iv, :timestamp, :checksum, :blob_size, :version)
+ON CONFLICT (user_id) DO UPDATE SET
+  encrypted_blob = EXCLUDED.encrypted_blob,
+  iv = EXCLUDED.iv,
+  timestamp = EXCLUDED.timestamp,
+  checksum = EXCLUDED.checksum,
+  blob_size = EXCLUDED.blob_size,
+  last_accessed = EXCLUDED.last_accessed,
+  version = EXCLUDED.version
+WHERE CAST(:versions AS uuid[]) IS NOT NULL
+  AND r.version <> ALL (CAST(:versions AS uuid[]))
+RETURNING version;
 
 -- name: fetch_record(user_id, known_versions, any_version)^
 -- The record for one user, marking it accessed in the same statement. The mark is coarse:

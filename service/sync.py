@@ -82,12 +82,13 @@ class SyncRecord(HTTPEndpoint):
                 excluded_versions=excluded,
             )
         elif if_none_match is not None:
-            row = await run_statement(
+            stored_version = await run_statement(
                 request,
                 queries.store_record_unless_match,
                 **fields,
                 versions=None if if_none_match.any else if_none_match.versions(weak_ok=True),
-            )
+            )  # no row: the record is at one of those versions (or exists, for `*`)
+            row = (True, *stored_version) if stored_version is not None else None
         else:
             row = (True, *await _one_row(request, queries.store_record, **fields))
         stored, version = row if row is not None else (None, None)
