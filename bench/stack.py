@@ -202,7 +202,11 @@ def serving(
         )
     running = Service(proc, f"http://127.0.0.1:{port}")
     try:
-        _wait_healthy(running)
+        try:
+            _wait_healthy(running)
+        except SystemExit as exc:  # say why: the log goes away with the benchmark's folder
+            tail = log.read_text(errors="replace").splitlines()[-15:]
+            raise SystemExit("\n".join([str(exc), *tail])) from None
         yield running
     finally:
         proc.send_signal(signal.SIGTERM)

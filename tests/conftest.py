@@ -133,7 +133,7 @@ def settings(database_url: str) -> Settings:
         startup_timeout=10,
         pool_min=1,
         pool_max=4,
-        rate_limit_per_hour=0,
+        user_limit_per_window=0,
     )
 
 
