@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service import metrics, migrations, sync
+from service.auth import build_verifier
 from service.bodies import UploadBudget
 from service.cleanup import scheduled_cleanup
 from service.config import Settings
@@ -84,9 +85,10 @@ def create_app(settings: Settings) -> Starlette:
             cors={
                 "allow_origins": list(settings.cors_origins),
                 "allow_methods": ["GET", "PUT", "POST", "DELETE"],
-                "allow_headers": ["Content-Type", "If-Match", "If-None-Match"],
+                "allow_headers": list(settings.cors_allow_headers),
                 "expose_headers": [
                     "ETag",
+                    "WWW-Authenticate",
                     "Retry-After",
                     "RateLimit-Limit",
                     "RateLimit-Remaining",
@@ -178,6 +180,13 @@ def _start_up_objects_frozen() -> Iterator[None]:
 def _lifespan(settings: Settings):
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
+        verifier = build_verifier(settings)  # None while bearer tokens are off
+        if verifier is not None:
+            logger.info(
+                "Bearer tokens required on /api/sync: %s, user claim %r",
+                verifier.algorithm,
+                verifier.user_claim,
+            )
         info = await wait_for_database(settings)
         logger.info(
             "Connection successful: PostgreSQL %s, database %s",
@@ -247,6 +256,7 @@ def _lifespan(settings: Settings):
                     "batcher": create_batcher(pool, settings),
                     "limiter": limiter,
                     "settings": settings,
+                    "auth": verifier,
                     "upload_budget": UploadBudget(settings.upload_buffer_mb * 1024 * 1024),
                 }
         finally:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+
+DEFAULT_CORS_ALLOW_HEADERS = ("Content-Type", "Authorization", "If-Match", "If-None-Match")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 class ConfigError(ValueError):
@@ -40,6 +44,7 @@ class Settings:
     rate_limit_exchange_interval: float = 0.2
     forwarded_allow_ips: str = "127.0.0.1,::1"
     cors_origins: tuple[str, ...] = ("*",)
+    cors_allow_headers: tuple[str, ...] = DEFAULT_CORS_ALLOW_HEADERS
     inactive_days: int = 730
     log_format: str = "text"
     log_level: str = "INFO"
@@ -48,6 +53,14 @@ class Settings:
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
     cleanup_interval: int = 86400
+    # Bearer tokens (service/auth.py), off while neither a secret nor a key file is set.
+    auth_jwt_secret: str = field(default="", repr=False)
+    auth_jwt_public_key_file: str = ""
+    auth_jwt_algorithm: str = ""
+    auth_user_claim: str = "userId"
+    auth_jwt_audience: str = ""
+    auth_jwt_issuer: str = ""
+    auth_jwt_leeway_seconds: int = 30
 
     def with_changes(self, **changes: object) -> Settings:
         """A copy with some values replaced (handy for tests and CLI flags)."""
@@ -84,7 +97,11 @@ class Settings:
                 f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {log_level!r}"
             )
         origins = tuple(o.strip() for o in env.get("CORS_ORIGINS", "*").split(",") if o.strip())
-        return cls(
+        for name in ("AUTH_JWT_SECRET", "AUTH_JWT_PUBLIC_KEY_FILE"):
+            if name in env and not env[name].strip():
+                # `AUTH_JWT_SECRET: ${JWT_SECRET}` with JWT_SECRET unset must not mean "off".
+                raise ConfigError(f"{name} is set but empty: unset it to turn authentication off")
+        settings = cls(
             database_url=database_url,
             host=env.get("HOST", "127.0.0.1").strip() or "127.0.0.1",
             port=_int(env, "PORT", 5175, minimum=0, maximum=65535),
@@ -118,7 +135,33 @@ class Settings:
             metrics_port=_int(env, "METRICS_PORT", 0, minimum=0, maximum=65535),
             metrics_host=env.get("METRICS_HOST", "127.0.0.1").strip() or "127.0.0.1",
             cleanup_interval=_int(env, "CLEANUP_INTERVAL", 86400, minimum=0),
+            cors_allow_headers=_header_names(env, "CORS_ALLOW_HEADERS", DEFAULT_CORS_ALLOW_HEADERS),
+            auth_jwt_secret=env.get("AUTH_JWT_SECRET", ""),  # as given: the issuer signs with it
+            auth_jwt_public_key_file=env.get("AUTH_JWT_PUBLIC_KEY_FILE", "").strip(),
+            auth_jwt_algorithm=env.get("AUTH_JWT_ALGORITHM", "").strip(),
+            auth_user_claim=env.get("AUTH_USER_CLAIM", "userId").strip() or "userId",
+            auth_jwt_audience=env.get("AUTH_JWT_AUDIENCE", "").strip(),
+            auth_jwt_issuer=env.get("AUTH_JWT_ISSUER", "").strip(),
+            auth_jwt_leeway_seconds=_int(
+                env, "AUTH_JWT_LEEWAY_SECONDS", 30, minimum=0, maximum=300
+            ),
         )
+        from service.auth import build_verifier  # imports this module
+
+        build_verifier(settings)  # an unreadable key or a weak secret stops the start here
+        return settings
+
+
+def _header_names(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated list of HTTP field names (RFC 9110 tokens), or `*`."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    bad = [n for n in names if n != "*" and _TOKEN.fullmatch(n) is None]
+    if bad or not names:
+        raise ConfigError(f"{name} must be comma-separated header names (or *), not {raw!r}")
+    return names
 
 
 def _prepare_threshold(env: Mapping[str, str]) -> int | None:

@@ -9,7 +9,8 @@ Starlette's CORSMiddleware answers preflights and adds the CORS headers. Only th
 layering is ours.
 
 The raw path holds the user id, which is a secret: the access line carries its short
-hash and the route template, not the path.
+hash and the route template, not the path. With bearer tokens on it also carries the
+handler's `auth=` outcome, never the token.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from service import metrics
+from service.auth import OUTCOME_KEY as AUTH_OUTCOME
 from service.logs import log_access, user_hash
 from service.responses import ORJSONResponse
 
@@ -109,9 +111,13 @@ class EdgeMiddleware:
         template = getattr(route, "path", None) or "<unmatched>"
         user_id = scope.get("path_params", {}).get("user_id")
         user = user_hash(user_id) if user_id else None
+        # The handler's auth outcome (service/auth.py), in the request's state; absent
+        # while bearer tokens are off or when the request never reached the check.
+        state = scope.get("state")
+        auth = state.get(AUTH_OUTCOME) if state else None
         if self.count_metrics:
             # Any token is a valid method: an unknown one must not grow the label set.
             method = scope["method"] if scope["method"] in _KNOWN_METHODS else "OTHER"
             metrics.REQUESTS.labels(method, template, str(status)).inc()
             metrics.LATENCY.labels(method, template).observe(elapsed)
-        log_access(scope["method"], template, status, elapsed * 1000, user)
+        log_access(scope["method"], template, status, elapsed * 1000, user, auth=auth)

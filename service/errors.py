@@ -96,3 +96,57 @@ class ServiceUnavailable(ServiceError):
 
     def headers(self) -> Mapping[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class AuthenticationFailed(ServiceError):
+    """Bearer tokens are configured and this request's does not prove its user id
+    (service/auth.py). `outcome` is what the access line says (`auth=...`); the
+    `WWW-Authenticate` challenge follows RFC 6750 §3."""
+
+    status = 401
+    message = "Invalid authentication token"
+    outcome = "invalid"
+    challenge = 'Bearer error="invalid_token"'
+
+    def __init__(self) -> None:
+        super().__init__(self.message)
+
+    def headers(self) -> Mapping[str, str]:
+        return {"WWW-Authenticate": self.challenge}
+
+
+class TokenMissing(AuthenticationFailed):
+    """No Authorization header (or an empty one): a bare challenge, no error code."""
+
+    message = "No authorization token provided"
+    outcome = "missing"
+    challenge = "Bearer"
+
+
+class AuthorizationFormatInvalid(AuthenticationFailed):
+    """Authorization is not `Bearer <token>` (another scheme, no token, two tokens)."""
+
+    message = "Invalid authorization format. Use: Bearer <token>"
+    challenge = "Bearer"
+
+
+class TokenInvalid(AuthenticationFailed):
+    """Malformed, badly signed, of another algorithm, not yet valid, for another
+    audience or issuer, or without the user claim."""
+
+
+class TokenExpired(AuthenticationFailed):
+    """The token's `exp` has passed (beyond the leeway): the client logs in again."""
+
+    message = "Token expired. Please login again."
+    outcome = "expired"
+    challenge = 'Bearer error="invalid_token", error_description="The access token expired"'
+
+
+class AccessDenied(AuthenticationFailed):
+    """A valid token, but for another user id than the path's."""
+
+    status = 403
+    message = "Access denied: token is for another user"
+    outcome = "forbidden"
+    challenge = 'Bearer error="insufficient_scope"'

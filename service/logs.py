@@ -160,20 +160,32 @@ class AccessLine:
         return logging.Formatter.default_msec_format % (text, int((now - second) * 1000))
 
 
-def log_access(method: str, route: str, status: int, duration_ms: float, user: str | None) -> None:
+def log_access(
+    method: str,
+    route: str,
+    status: int,
+    duration_ms: float,
+    user: str | None,
+    *,
+    auth: str | None = None,
+) -> None:
     """The access line for one request: what an INFO record of the `service.access`
     logger would write, written faster when configure_logging's handler is its only
-    route (AccessLine)."""
+    route (AccessLine). `auth` is the bearer-token outcome (ok, missing, invalid,
+    expired, forbidden); None (tokens off, or not checked) leaves it out of the line."""
     if not _access_logger.isEnabledFor(logging.INFO):
         return
     message = f"{method} {route} {status} {duration_ms:.1f}ms" + (f" user={user}" if user else "")
-    fields = {
+    fields: dict[str, object] = {
         "method": method,
         "route": route,
         "status": status,
         "duration_ms": round(duration_ms, 2),
         "user": user,
     }
+    if auth is not None:
+        message += f" auth={auth}"
+        fields["auth"] = auth
     if _access_line is not None and _access_line.is_sole_route():
         _access_line(message, fields)
     else:  # logging arranged otherwise (tests, an embedding app): the standard way

@@ -22,9 +22,14 @@ from starlette.responses import Response
 
 from service import __version__
 from service.errors import (
+    AccessDenied,
+    AuthorizationFormatInvalid,
     PayloadTooLarge,
     RecordNotFound,
     ServiceUnavailable,
+    TokenExpired,
+    TokenInvalid,
+    TokenMissing,
     UnsupportedMediaType,
     ValidationFailed,
 )
@@ -141,6 +146,8 @@ def _sync_responses(specific: dict[str, Schema]) -> dict[str, Schema]:
     """`specific` responses plus those every /api/sync operation can give."""
     common = {
         "400": _ref("responses", "BadRequest"),
+        "401": _ref("responses", "Unauthorized"),
+        "403": _ref("responses", "Forbidden"),
         "404": _ref("responses", "NotFound"),
         "429": _ref("responses", "TooManyRequests"),
         "503": _ref("responses", "ServiceUnavailable"),
@@ -280,12 +287,38 @@ def _components() -> Schema:
             "description": "Seconds until the window resets (absent while limiting is off).",
             "schema": count,
         },
+        "WWWAuthenticate": {
+            "description": "The bearer challenge (RFC 6750 §3): `Bearer` when no bearer token "
+            'was sent, `Bearer error="invalid_token"` (or `error="insufficient_scope"` on 403) '
+            "when it was refused.",
+            "required": True,
+            "schema": {"type": "string", "pattern": "^Bearer( |$)"},
+        },
     }
+    challenge = {"WWW-Authenticate": _ref("headers", "WWWAuthenticate")}
     responses: dict[str, Schema] = {
         "BadRequest": _json(
             "A rule broken: malformed userId, body, or If-Match / If-None-Match header.",
             _ref("schemas", "ValidationError"),
             headers=_quota(),
+        ),
+        "Unauthorized": _json(
+            "Only while bearer tokens are configured: no `Authorization: Bearer <token>`, "
+            "or a token that is malformed, badly signed, expired, not yet valid, for another "
+            "audience or issuer, or without the user claim. Counted against the client "
+            "address, never the user id (RateLimit-* then describe the address's budget).",
+            _error(
+                TokenMissing.message,
+                AuthorizationFormatInvalid.message,
+                TokenInvalid.message,
+                TokenExpired.message,
+            ),
+            headers={**challenge, **_quota()},
+        ),
+        "Forbidden": _json(
+            "Only while bearer tokens are configured: a valid token for another user id.",
+            _error(AccessDenied.message),
+            headers={**challenge, **_quota()},
         ),
         "NotFound": _json(
             "`User not found` (GET of a user without a record), or `Not found` for a path the "
@@ -346,13 +379,28 @@ def _components() -> Schema:
             "schema": {"type": "string", "pattern": CONDITION_PATTERN},
         },
     }
+    security_schemes: dict[str, Schema] = {
+        "bearerAuth": {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "Optional: required only when the operator configures "
+            "AUTH_JWT_SECRET or AUTH_JWT_PUBLIC_KEY_FILE. A JWT whose user claim (`userId` by "
+            "default) is the path's userId; otherwise 401 or 403.",
+        },
+    }
     return {
         "schemas": schemas,
         "headers": headers,
         "responses": responses,
         "parameters": parameters,
         "links": _LINKS,
+        "securitySchemes": security_schemes,
     }
+
+
+# Bearer tokens are optional (off unless configured): no credentials `{}` or a bearer token.
+_OPTIONAL_BEARER: list[Schema] = [{}, {"bearerAuth": []}]
 
 
 def _paths() -> Schema:
@@ -367,6 +415,7 @@ def _paths() -> Schema:
             "parameters": [user_id],
             "put": {
                 "operationId": "storeRecord",
+                "security": _OPTIONAL_BEARER,
                 "summary": "Store or replace the user's record",
                 "description": "Inserts the record or replaces blob, iv, timestamp and checksum "
                 "in one statement; created_at is kept.",
@@ -397,6 +446,7 @@ def _paths() -> Schema:
             },
             "get": {
                 "operationId": "fetchRecord",
+                "security": _OPTIONAL_BEARER,
                 "summary": "Fetch the user's record",
                 "description": "Also marks the record accessed (coarsely, never over a day stale).",
                 "parameters": [if_none_match],
@@ -418,6 +468,7 @@ def _paths() -> Schema:
             },
             "delete": {
                 "operationId": "eraseRecord",
+                "security": _OPTIONAL_BEARER,
                 "summary": "Erase the user's record (GDPR right to erasure)",
                 "description": "200 whether or not a record existed; with If-Match only while "
                 "the record is at that version.",
@@ -440,6 +491,7 @@ def _paths() -> Schema:
             "parameters": [user_id],
             "post": {
                 "operationId": "verifyRecord",
+                "security": _OPTIONAL_BEARER,
                 "summary": "Does the user have a record? (device pairing)",
                 "responses": _sync_responses(
                     {
@@ -495,8 +547,13 @@ limiting is on, and the request over the limit gets 429 with `Retry-After`.
 `If-None-Match` (PUT, GET) make a request conditional (RFC 9110): 412 with the current `ETag` \
 when the condition fails, 304 for a GET whose If-None-Match names the current version, 400 \
 for a header that is not `*` or a list of quoted entity tags.
+- Authentication is optional (`security: [{}, {"bearerAuth": []}]`): off by default; when the \
+operator configures it, every /api/sync request needs `Authorization: Bearer <JWT>` whose user \
+claim is the path's userId (401 without a valid token, 403 for another user's). A malformed \
+userId is still a 400 before the token is looked at. Health and this document stay open.
 - CORS: allowed origins are configurable (default `*`); preflight allows GET, PUT, POST, \
-DELETE and the Content-Type, If-Match and If-None-Match headers.
+DELETE and, by default, the Content-Type, Authorization, If-Match and If-None-Match headers \
+(CORS_ALLOW_HEADERS).
 """
 
 

@@ -9,6 +9,7 @@ from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service.auth import authorize
 from service.bodies import UploadBudgetExhausted, read_body
 from service.conditional import Condition, PreconditionFailed, parse_condition
 from service.conditional import etag as etag_header
@@ -37,6 +38,7 @@ class SyncRecord(HTTPEndpoint):
         """PUT /api/sync/{userId}: insert or replace the record (conditionally with
         If-Match / If-None-Match); answers with the new version's ETag."""
         user_id = parse_user_id(request.path_params["user_id"])
+        authorize(request, user_id)  # before the body is read or the user's quota spent
         if_match = parse_condition(request.headers, "If-Match")
         if_none_match = parse_condition(request.headers, "If-None-Match")
         _require_json(request)
@@ -100,6 +102,7 @@ class SyncRecord(HTTPEndpoint):
         """GET /api/sync/{userId}: the record, exactly the four client fields, with its
         ETag; 304 without a body when If-None-Match names the current version."""
         user_id = parse_user_id(request.path_params["user_id"])
+        authorize(request, user_id)
         if_none_match = parse_condition(request.headers, "If-None-Match")
         row = await run_statement(
             request,
@@ -124,6 +127,7 @@ class SyncRecord(HTTPEndpoint):
         """DELETE /api/sync/{userId}: erase the record, whether or not it existed; with
         If-Match only while it is at that version."""
         user_id = parse_user_id(request.path_params["user_id"])
+        authorize(request, user_id)
         if_match = parse_condition(request.headers, "If-Match")
         if if_match is None:
             await run_statement(request, queries.erase_record, user_id=user_id)
@@ -146,6 +150,7 @@ class SyncVerify(HTTPEndpoint):
         """POST /api/sync/{userId}/verify: whether a record exists (device pairing), with
         its ETag when it does."""
         user_id = parse_user_id(request.path_params["user_id"])
+        authorize(request, user_id)
         row = await run_statement(request, queries.record_version, user_id=user_id)
         version = row[0] if row is not None else None
         return respond(request, {"exists": version is not None}, etag=version)

@@ -862,6 +862,50 @@ def test_cors_preflight_from_the_browser_app_allows_the_method_and_content_type(
     assert "content-type" in headers
 
 
+CLIENT_PREFLIGHTS = [("PUT", "authorization,content-type"), ("GET", "authorization")]
+"""What the Logikids web client (data/plugins/sync.ts) asks before each sync request: it
+sends `Authorization: Bearer <token>` on every GET and PUT."""
+
+
+def client_preflight(client: TestClient, method: str, requested: str, origin=BROWSER_ORIGIN):
+    return client.options(
+        f"/api/sync/{new_user_id()}",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": method,
+            "Access-Control-Request-Headers": requested,
+        },
+    )
+
+
+@pytest.mark.parametrize(("method", "requested"), CLIENT_PREFLIGHTS)
+@pytest.mark.parametrize("clients", ["client", "restricted_client"])
+def test_cors_preflights_of_the_logikids_client_with_its_bearer_token_are_allowed(
+    request, clients, method, requested
+):
+    response = client_preflight(request.getfixturevalue(clients), method, requested)
+
+    assert response.status_code == 200, response.text
+    assert response.headers["access-control-allow-origin"] in ("*", BROWSER_ORIGIN)
+    assert method in response.headers["access-control-allow-methods"]
+    allowed = {
+        h.strip().lower() for h in response.headers["access-control-allow-headers"].split(",")
+    }
+    assert set(requested.split(",")) <= allowed
+    assert {"authorization", "content-type", "if-match", "if-none-match"} <= allowed
+
+
+def test_cors_allowed_request_headers_are_configurable(settings):
+    app = create_app(settings.with_changes(cors_allow_headers=("Content-Type", "X-Client")))
+    with TestClient(app, raise_server_exceptions=False) as narrow:
+        custom = client_preflight(narrow, "PUT", "x-client,content-type")
+        refused = client_preflight(narrow, "GET", "authorization")
+
+    assert custom.status_code == 200
+    assert refused.status_code == 400
+    assert refused.json() == {"error": "Disallowed CORS headers"}
+
+
 def test_cors_simple_responses_carry_allow_origin(client):
     user_id = new_user_id()
     origin = {"Origin": BROWSER_ORIGIN}

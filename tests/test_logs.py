@@ -103,8 +103,9 @@ def formatter_for(log_format: str) -> logging.Formatter:
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
 @pytest.mark.parametrize("user", ["abcdef123456", None])
+@pytest.mark.parametrize("auth", [None, "ok", "invalid"])
 def test_an_access_line_is_the_line_logging_would_have_written(
-    monkeypatch, routed, log_format, user
+    monkeypatch, routed, log_format, user, auth
 ):
     """AccessLine skips the LogRecord for speed; what it writes must not change."""
     fixed = 1_764_400_000.0423
@@ -116,9 +117,10 @@ def test_an_access_line_is_the_line_logging_would_have_written(
         h = BatchingStreamHandler(stream)
         h.setFormatter(formatter_for(log_format))
         routed(h, log_format, fast=fast)
-        log_access("PUT", "/api/sync/{user_id}", 200, 1.234, user)
+        log_access("PUT", "/api/sync/{user_id}", 200, 1.234, user, auth=auth)
         lines.append(stream.getvalue())
     assert lines[0] == lines[1]
+    assert (f"auth={auth}" in lines[0]) == (auth is not None)  # absent while tokens are off
     assert lines[0].endswith("\n") and lines[0].count("\n") == 1
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import jwt
 import pytest
 import schemathesis
 from hypothesis import HealthCheck
@@ -33,6 +36,8 @@ from tests.conftest import test_queries
 EXAMPLES_PER_OPERATION = 100
 STATEFUL_SCENARIOS = 50
 RATE_LIMITED_EXAMPLES = 25
+AUTHENTICATED_EXAMPLES = 25
+AUTH_SECRET = "openapi-test-secret-of-at-least-32-bytes!"
 CONDITION = re.compile(CONDITION_PATTERN.removeprefix("^").removesuffix("$"))
 
 STALE = (
@@ -120,6 +125,33 @@ def live_service(settings: Settings) -> Iterator[asgi.ASGIClient]:
 
 
 @pytest.fixture
+def authenticating_service(settings: Settings) -> Iterator[asgi.ASGIClient]:
+    """The service requiring HS256 bearer tokens (AUTH_JWT_SECRET), rate limit off."""
+    with serving(dataclasses.replace(settings, auth_jwt_secret=AUTH_SECRET)) as session:
+        yield session
+
+
+# The same document, with schemathesis's documented auth hook: each case carries a valid
+# token for its own path's userId (none when that is not a UUID: it is a 400 regardless).
+authenticated_api = schemathesis.openapi.from_path(DEFAULT_PATH, config=CONFIG)
+
+
+@authenticated_api.auth(refresh_interval=None)
+class TokenForThePathsUser:
+    def get(self, case: schemathesis.Case, ctx: schemathesis.AuthContext) -> str | None:
+        try:
+            user_id = uuid.UUID(str((case.path_parameters or {}).get("userId")))
+        except ValueError:
+            return None
+        now = int(time.time())
+        claims = {"userId": str(user_id), "inviteCode": "X", "iat": now, "exp": now + 3600}
+        return jwt.encode(claims, AUTH_SECRET, algorithm="HS256")
+
+    def set(self, case: schemathesis.Case, data: str, ctx: schemathesis.AuthContext) -> None:
+        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
+
+
+@pytest.fixture
 def limited_service(settings: Settings) -> Iterator[asgi.ASGIClient]:
     """The service with limits low enough that generated requests run into 429."""
     limited = dataclasses.replace(settings, user_limit_per_window=2, ip_limit_per_window=8)
@@ -154,6 +186,47 @@ def test_rate_limited_responses_are_as_the_openapi_document_says(case, limited_s
     case.call_and_validate(
         session=limited_service, base_url=limited_service.base_url, excluded_checks=excluded
     )
+
+
+@authenticated_api.parametrize()
+@hypothesis_settings(
+    max_examples=AUTHENTICATED_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+def test_with_bearer_tokens_on_authenticated_requests_behave_as_documented(
+    case, authenticating_service
+):
+    """Auth on, every case with a valid token for its userId: the same checks as with
+    auth off (a valid request is accepted, nothing undocumented, no 5xx)."""
+    excluded = [positive_data_acceptance] if _mislabelled_positive(case) else []
+    response = case.call_and_validate(
+        session=authenticating_service,
+        base_url=authenticating_service.base_url,
+        excluded_checks=excluded,
+    )
+    assert response.status_code not in (401, 403), response.text
+
+
+@api.parametrize()
+@hypothesis_settings(
+    max_examples=AUTHENTICATED_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+def test_with_bearer_tokens_on_unauthenticated_requests_get_the_documented_401(
+    case, authenticating_service
+):
+    """Auth on, no token: every sync request that names a valid userId gets the
+    documented 401 (so the check expecting a valid request to be accepted is left out),
+    everything else still matches the document."""
+    response = case.call_and_validate(
+        session=authenticating_service,
+        base_url=authenticating_service.base_url,
+        excluded_checks=[positive_data_acceptance],
+    )
+    if case.path.startswith("/api/sync/") and response.status_code not in (400, 404, 405):
+        assert response.status_code == 401, response.text
 
 
 def _mislabelled_positive(case: schemathesis.Case) -> bool:
