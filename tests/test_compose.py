@@ -329,17 +329,23 @@ def test_dockerfile_exposes_5175_and_listens_on_all_interfaces() -> None:
     assert "PORT=5175" in env_words
 
 
-def test_dockerfile_ships_queries_and_migrations_beside_the_package() -> None:
-    """service/__init__.py finds them as PROJECT_ROOT/queries and PROJECT_ROOT/migrations."""
+def test_dockerfile_builds_the_wheel_with_the_sql_and_installs_it_from_the_lock() -> None:
+    """The image runs the wheel, as tests/test_package.py does: the build stage has the
+    SQL folders beside service/ (whose links the wheel resolves), the runtime stage
+    installs the hash-checked lock and then the wheel alone, never the source tree."""
     landed = copied_directories()
     for name in ("service", "queries", "migrations"):
         assert name in landed, f"Dockerfile does not copy {name}/"
     root = posixpath.dirname(landed["service"])
     assert landed["queries"] == posixpath.join(root, "queries")
     assert landed["migrations"] == posixpath.join(root, "migrations")
-    # ... and the project is installed from there, in place, so those paths stay valid.
-    installs = [args for args in instructions("RUN") if "pip install" in args]
-    assert any(re.search(rf"(-e|--editable)\s+{re.escape(root)}/?(\s|$)", a) for a in installs)
+    runs = instructions("RUN")
+    assert any("pip wheel" in args and "--no-build-isolation" in args for args in runs)
+    installs = [args for args in runs if "pip install" in args]
+    assert any("--require-hashes" in a and "requirements/build.txt" in a for a in installs)
+    assert any("--require-hashes" in a and "requirements.txt" in a for a in installs)
+    assert any(re.search(r"pip install --no-deps \S+\.whl", a) for a in installs)
+    assert not any(re.search(r"(-e|--editable)\s", a) for a in installs)
 
 
 def test_dockerfile_runs_as_a_non_root_user() -> None:
