@@ -7,6 +7,8 @@ import os
 import re
 import subprocess
 import sys
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -23,14 +25,12 @@ from tests.paths import REPO_ROOT as PROJECT_ROOT
 TEST_SQL = Path(__file__).parent / "sql"
 BLOB = "dGVzdCBibG9iIGRhdGE="
 INJECTION = "x'; DROP TABLE user_sync_data; --"
-NOT_COUNTED = {"user_limit": None, "client_ip": None, "ip_limit": None, "window_seconds": None}
-"""The rate-limit bindings of a sync statement that counts nothing."""
-UNCOUNTED_ARGS = ("user_limit=NULL", "client_ip=NULL", "ip_limit=NULL", "window_seconds=NULL")
 
 
 def store(settings: Settings) -> tuple[str, str]:
     """A record stored through the service's own upsert; returns (user id, version)."""
     user_id = new_user_id()
+    version = uuid.uuid4()  # drawn by the caller, as service/sync.py does
 
     async def run() -> str:
         conn = await psycopg.AsyncConnection.connect(
@@ -45,9 +45,10 @@ def store(settings: Settings) -> tuple[str, str]:
                 timestamp=1698765432000,
                 checksum="a" * 64,
                 blob_size=14,
-                **NOT_COUNTED,
+                version=version,
             )
-        return str(row[4])
+        assert row == (version,)  # RETURNING version: the one it was given
+        return str(row[0])
 
     return user_id, asyncio.run(run())
 
@@ -106,32 +107,38 @@ def test_every_query_is_read_as_the_same_text_aiosql_gives_the_service():
 def test_print_shows_the_file_s_statement_with_psql_placeholders(capsys):
     user_id = new_user_id()
     status = run_sql_command(
-        None, name="erase_record", params=[f"user_id={user_id}", *UNCOUNTED_ARGS], print_only=True
+        None, name="erase_record", params=[f"user_id={user_id}"], print_only=True
     )
     assert status == 0
     out = capsys.readouterr().out
     assert f"\\set user_id '{user_id}'\n" in out
-    assert "DELETE FROM user_sync_data WHERE user_id = :'user_id' AND" in out
-    assert "INSERT INTO rate_limit_hits" in out
-    assert out.endswith("SELECT admitted, user_hits, ip_hits, reset_seconds FROM quota;\n")
-    signature = "erase_record(user_id, user_limit, client_ip, ip_limit, window_seconds)"
-    assert out.startswith(f"-- {signature}  [sync.sql]\n-- Erase the record")
+    assert out.endswith(
+        "\nDELETE FROM user_sync_data WHERE user_id = :'user_id' RETURNING version;\n"
+    )
+    assert out.startswith("-- erase_record(user_id)  [sync.sql]\n-- Erase the record")
 
 
 def test_print_converts_every_placeholder_and_leaves_casts_alone(capsys):
-    status = run_sql_command(None, name="count_request", params=[], print_only=True)
+    status = run_sql_command(None, name="exchange_counts", params=[], print_only=True)
     assert status == 0
     statement = without_comment_lines(capsys.readouterr().out)
     source = (QUERIES_DIR / "ratelimit.sql").read_text()
-    header = "-- name: count_request(user_id, user_limit, client_ip, ip_limit, window_seconds)^\n"
+    header = "-- name: exchange_counts(buckets, deltas, watched, window_start)\n"
     block = source.split(header)[1]
     block = without_comment_lines(block.split("-- name:")[0]).strip()
     expected = block
-    for name in ("user_id", "user_limit", "client_ip", "ip_limit", "window_seconds"):
+    for name in ("buckets", "deltas", "watched", "window_start"):
+        assert f":{name}" in expected, name
         expected = expected.replace(f":{name}", f":'{name}'")
     assert statement.strip() == expected
-    assert "CAST(:'user_limit' AS integer)" in statement
-    assert ")::integer AS reset_seconds" in statement
+    assert "unnest(CAST(:'buckets' AS text[]), CAST(:'deltas' AS integer[]))" in statement
+    assert "WHERE window_start = CAST(:'window_start' AS timestamptz)" in statement
+    # `::` casts, as in the metrics statement, are not placeholders.
+    assert run_sql_command(None, name="estimate_records", params=[], print_only=True) == 0
+    statement = without_comment_lines(capsys.readouterr().out)
+    assert "THEN reltuples::bigint" in statement
+    assert "WHERE oid = 'user_sync_data'::regclass;" in statement
+    assert ":'" not in statement
 
 
 def test_print_without_values_names_the_parameters_still_to_set(capsys):
@@ -144,11 +151,8 @@ def test_listing_shows_every_query_with_its_parameters(capsys):
     out = capsys.readouterr().out
     for name in service_query_names():
         assert re.search(rf"^  {name}\(", out, re.MULTILINE), name
-    signature = (
-        "fetch_record(user_id, known_versions, any_version, user_limit, client_ip, ip_limit, "
-        "window_seconds)"
-    )
-    assert f"  {signature}\n" in out
+    assert "  fetch_record(user_id, known_versions, any_version)\n" in out
+    assert "  exchange_counts(buckets, deltas, watched, window_start)\n" in out
     assert "      The record for one user, marking it accessed in the same statement.\n" in out
     assert "queries/cleanup.sql\n" in out
 
@@ -159,8 +163,8 @@ def test_listing_shows_every_query_with_its_parameters(capsys):
 def test_a_missing_parameter_is_refused_with_exit_2_naming_it(database_url):
     result = sql_cli(database_url, "fetch_record", f"user_id={new_user_id()}")
     assert result.returncode == 2
-    missing = "known_versions, any_version, user_limit, client_ip, ip_limit, window_seconds"
-    assert f"missing parameter(s) {missing}" in result.stderr
+    missing = "known_versions, any_version"
+    assert f"missing parameter(s) {missing}:" in result.stderr
     assert f"fetch_record(user_id, {missing})" in result.stderr
     assert result.stdout == ""
 
@@ -199,7 +203,7 @@ def test_fetch_record_binds_null_for_the_value_null(settings, database_url):
     user_id, _ = store(settings)
     result = sql_cli(
         database_url, "fetch_record", f"user_id={user_id}", "known_versions=NULL",
-        "any_version=NULL", *UNCOUNTED_ARGS,
+        "any_version=NULL",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert BLOB in result.stdout
@@ -210,7 +214,7 @@ def test_fetch_record_takes_an_array_literal_for_known_versions(settings, databa
     user_id, version = store(settings)
     result = sql_cli(
         database_url, "fetch_record", f"user_id={user_id}",
-        f"known_versions={{{new_user_id()},{version}}}", "any_version=false", *UNCOUNTED_ARGS,
+        f"known_versions={{{new_user_id()},{version}}}", "any_version=false",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert BLOB not in result.stdout  # the client already holds it: no blob
@@ -221,39 +225,59 @@ def test_an_empty_value_is_an_empty_string_not_null(settings, database_url):
     user_id, _ = store(settings)
     result = sql_cli(
         database_url, "fetch_record", f"user_id={user_id}", "known_versions=",
-        "any_version=false", *UNCOUNTED_ARGS,
+        "any_version=false",
     )  # fmt: skip
     assert result.returncode == 3
     assert "malformed array literal" in result.stderr
 
 
 def test_erase_record_erases(settings, database_url, db):
-    user_id, _ = store(settings)
-    other, _ = store(settings)
-    result = sql_cli(database_url, "erase_record", f"user_id={user_id}", *UNCOUNTED_ARGS)
+    user_id, version = store(settings)
+    other, other_version = store(settings)
+    result = sql_cli(database_url, "erase_record", f"user_id={user_id}")
     assert result.returncode == 0, result.stderr
-    assert "(1 row)" in result.stdout  # the verdict: admitted, nothing counted
+    assert "(1 row)" in result.stdout  # RETURNING version: the erased record's
+    assert version in result.stdout
+    assert other_version not in result.stdout
     assert test_queries.raw_record(db, user_id=user_id) is None
     assert test_queries.raw_record(db, user_id=other) is not None
 
 
-def test_count_request_from_psql_counts_the_user_and_ip_buckets(database_url, db):
+def test_exchange_counts_from_psql_adds_to_the_window_s_buckets(database_url, db):
     user_id = new_user_id()
-    args = (f"user_id={user_id}", "user_limit=100", "client_ip=192.0.2.1", "ip_limit=1")
-    first = sql_cli(database_url, "count_request", *args, "window_seconds=3600")
+    user, ip = f"user:{user_id}", "ip:192.0.2.1"
+    window = "window_start=2026-12-02 10:00:00+00"
+
+    def row(bucket: str, hits: int) -> str:
+        return rf"^\s*{re.escape(bucket)}\s*\|\s*{hits}\s*$"
+
+    first = sql_cli(
+        database_url, "exchange_counts", f"buckets={{{user},{ip}}}", "deltas={1,2}",
+        "watched={}", window,
+    )  # fmt: skip
     assert first.returncode == 0, first.stderr
-    assert re.search(r"^\s*t\s*\|\s*1\s*\|\s*1\s*\|", first.stdout, re.MULTILINE), first.stdout
-    second = sql_cli(database_url, "count_request", *args, "window_seconds=3600")
-    assert re.search(r"^\s*f\s*\|\s*2\s*\|\s*2\s*\|", second.stdout, re.MULTILINE), second.stdout
-    assert [(row[0], row[1]) for row in test_queries.rate_limit_rows(db)] == [
-        ("ip:192.0.2.1", 2),
-        (f"user:{user_id}", 2),
+    assert re.search(row(user, 1), first.stdout, re.MULTILINE), first.stdout
+    assert re.search(row(ip, 2), first.stdout, re.MULTILINE), first.stdout
+    assert "(2 rows)" in first.stdout
+    # Another process's exchange: it adds to the user's bucket and watches the IP's.
+    second = sql_cli(
+        database_url, "exchange_counts", f"buckets={{{user}}}", "deltas={4}",
+        f"watched={{{ip}}}", window,
+    )  # fmt: skip
+    assert second.returncode == 0, second.stderr
+    assert re.search(row(user, 5), second.stdout, re.MULTILINE), second.stdout
+    assert re.search(row(ip, 2), second.stdout, re.MULTILINE), second.stdout
+    assert "(2 rows)" in second.stdout
+    start = datetime(2026, 12, 2, 10, tzinfo=UTC)
+    assert [tuple(r) for r in test_queries.rate_limit_rows(db)] == [
+        (ip, 2, start),
+        (user, 5, start),
     ]
 
 
 def test_an_injection_attempt_fails_as_a_bad_value_and_changes_nothing(settings, database_url, db):
     store(settings)
-    result = sql_cli(database_url, "erase_record", f"user_id={INJECTION}", *UNCOUNTED_ARGS)
+    result = sql_cli(database_url, "erase_record", f"user_id={INJECTION}")
     assert result.returncode == 3  # psql: the statement failed, ON_ERROR_STOP
     assert "invalid input syntax for type uuid" in result.stderr
     assert test_queries.table_exists(db, name="user_sync_data")
@@ -286,7 +310,7 @@ def test_the_printed_script_run_by_plain_psql_does_what_the_command_does(setting
 
 def test_the_printed_script_binds_an_injection_attempt_as_a_value_too(settings, db, capsys):
     store(settings)
-    args = {"name": "erase_record", "params": [f"user_id={INJECTION}", *UNCOUNTED_ARGS]}
+    args = {"name": "erase_record", "params": [f"user_id={INJECTION}"]}
     assert run_sql_command(None, print_only=True, **args) == 0
     by_hand = psql_file(settings.database_url, capsys.readouterr().out)
     assert by_hand.returncode == 3
