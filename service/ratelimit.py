@@ -43,6 +43,11 @@ WATCH_SECONDS = 60.0
 """A bucket used locally within this many seconds has its total refreshed at every
 exchange, so the other processes' requests reach this one's decisions."""
 
+MAX_WATCHED = 1000
+"""At most this many such buckets (the most recently used) per exchange, so a process
+that serves very many users keeps its exchange small; past them only the per-process
+bound holds (each process admits at most the limit per window)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Quota:
@@ -192,7 +197,7 @@ class RateLimiter:
         watched = []
         for key in reversed(self._buckets):  # most recently used first, until too old
             bucket = self._buckets[key]
-            if now - bucket.last_used > WATCH_SECONDS:
+            if now - bucket.last_used > WATCH_SECONDS or len(watched) >= MAX_WATCHED:
                 break
             if not bucket.sending:
                 watched.append(key)

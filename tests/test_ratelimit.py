@@ -407,3 +407,25 @@ def test_a_new_window_starts_from_zero(database_url):
     assert refused.value.quota.reset_seconds == 10
     clock.now += 10
     assert a.admit(user_id=user, client_ip=None).remaining == 4
+
+
+def test_an_exchange_refreshes_at_most_max_watched_buckets(database_url, monkeypatch):
+    import service.ratelimit
+
+    monkeypatch.setattr(service.ratelimit, "MAX_WATCHED", 3)
+    clock = FakeClock(7200.0 + 10)
+    (a,), run = _exchanging_limiters(database_url, clock, count=1)
+    users = [new_user_id() for _ in range(6)]
+    for user in users:
+        a.admit(user_id=user, client_ip=None)
+    seen: list[dict] = []
+
+    async def recording(**bindings):
+        seen.append(bindings)
+        return await run(**bindings)
+
+    asyncio.run(a.exchange(recording))  # sends all six
+    asyncio.run(a.exchange(recording))  # nothing new: refreshes the three most recent
+    assert len(seen[0]["buckets"]) == 6 and seen[0]["watched"] == []
+    assert seen[1]["buckets"] == []
+    assert seen[1]["watched"] == [f"user:{u}" for u in reversed(users[3:])]
