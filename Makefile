@@ -87,7 +87,7 @@ test-faults: venv
 
 ## make test-citus: the API, cleanup and import tests on a Citus cluster of their own (a
 ## coordinator and two workers, tests/citus), run by the system's PostgreSQL, which Citus is
-## built into (../shared/citus/install.sh in CI); PG_BINDIR=... picks other binaries
+## built into (CI builds it from source); PG_BINDIR=... picks other binaries
 CITUS_BINDIR ?= $(shell pg_config --bindir 2>/dev/null)
 test-citus: venv
 	PG_BINDIR="$${PG_BINDIR:-$(CITUS_BINDIR)}" $(PY) -m pytest tests/citus $(PYTEST_ARGS)

@@ -29,10 +29,10 @@ LOCK_KEY = 0x6C6F_6769_6B69_6473 >> 1
 _FILE_NAME = re.compile(r"(\d{3})_[a-z0-9_]+\.sql")
 
 EARLIER_WORDINGS: dict[str, frozenset[str]] = {
-    # The first comment line cited a design document outside the repository ("DESIGN §2");
-    # it now cites docs/protocol.md. Same statements, so a database that recorded the old
-    # file's digest applied exactly what the file says (tests/test_migrations.py rebuilds
-    # the old file from today's and checks this digest).
+    # The first comment line cited a design document outside the repository; it now
+    # cites docs/protocol.md. Same statements, so a database that recorded the old file's
+    # digest applied exactly what the file says (tests/test_migrations.py checks this
+    # digest against the file as released).
     "002_positive_sizes": frozenset(
         {"1d35a05a5956727a3fd45c6ea000e670c16b504e97a3ec4ab999e4cd8b7bc201"}
     ),

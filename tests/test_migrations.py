@@ -202,27 +202,40 @@ def test_two_migration_files_with_one_number_are_refused(empty_url, conn, migrat
 # --- a comment reworded after it was applied ---------------------------------------------
 
 REWORDED = "002_positive_sizes"
-FIRST_WORDING = (
-    "-- The API refuses empty blobs and timestamps below 1 (DESIGN §2); say the same in the"
-)
-"""002's first line as databases applied it, before it cited docs/protocol.md."""
+EARLIER_FIRST_LINE = "-- An earlier wording of this comment."
+RELEASED_AT = "3785fd4"
+"""A commit whose 002 has the first line databases applied before it cited docs/protocol.md."""
 
 
-def earlier_wording(first_line: str = FIRST_WORDING) -> bytes:
-    """Today's 002 with its first line as it once was (or `first_line`)."""
+def earlier_wording(first_line: str = EARLIER_FIRST_LINE) -> bytes:
+    """Today's 002 with another first comment line."""
     text = (MIGRATIONS_DIR / f"{REWORDED}.sql").read_bytes()
     return first_line.encode("utf-8") + b"\n" + text.split(b"\n", 1)[1]
 
 
-def test_the_accepted_earlier_digest_is_the_file_with_only_its_first_comment_changed():
-    today = (MIGRATIONS_DIR / f"{REWORDED}.sql").read_text("utf-8")
-    assert today.split("\n", 1)[0] == FIRST_WORDING.replace("DESIGN §2", "docs/protocol.md")
-    accepted = migrations.EARLIER_WORDINGS
-    assert accepted == {REWORDED: {hashlib.sha256(earlier_wording()).hexdigest()}}
+@pytest.fixture
+def earlier_accepted(monkeypatch):
+    """EARLIER_WORDINGS listing `earlier_wording()` for 002, as a rewording would."""
+    digest = hashlib.sha256(earlier_wording()).hexdigest()
+    monkeypatch.setitem(migrations.EARLIER_WORDINGS, REWORDED, frozenset({digest}))
+    return digest
+
+
+def test_the_listed_earlier_digest_is_002_as_released_with_only_its_first_line_changed():
+    shown = subprocess.run(
+        ["git", "show", f"{RELEASED_AT}:migrations/{REWORDED}.sql"],
+        cwd=PROJECT_ROOT, capture_output=True,
+    )  # fmt: skip
+    if shown.returncode != 0:
+        pytest.skip("no git history here (a source archive, not a clone)")
+    released = shown.stdout
+    today = (MIGRATIONS_DIR / f"{REWORDED}.sql").read_bytes()
+    assert released.split(b"\n", 1)[1] == today.split(b"\n", 1)[1]
+    assert migrations.EARLIER_WORDINGS[REWORDED] == {hashlib.sha256(released).hexdigest()}
 
 
 def test_a_database_that_applied_the_earlier_wording_migrates_and_reports_applied(
-    empty_url, conn, migrations_copy
+    empty_url, conn, migrations_copy, earlier_accepted
 ):
     (migrations_copy / f"{REWORDED}.sql").write_bytes(earlier_wording())
     apply(empty_url, migrations_copy)
@@ -234,9 +247,9 @@ def test_a_database_that_applied_the_earlier_wording_migrates_and_reports_applie
 
 
 def test_a_database_that_recorded_any_other_digest_for_it_is_still_refused(
-    empty_url, migrations_copy
+    empty_url, migrations_copy, earlier_accepted
 ):
-    other = earlier_wording(FIRST_WORDING.replace("§2", "§3"))
+    other = earlier_wording("-- Yet another wording, never listed.")
     (migrations_copy / f"{REWORDED}.sql").write_bytes(other)
     apply(empty_url, migrations_copy)
 

@@ -9,7 +9,7 @@ that metadata per database, so `create_database` does all of it. The SQL is in
 tests/sql/citus.sql.
 
 Citus must be built into the PostgreSQL whose server binaries run the nodes: PG_BINDIR
-when set, else the system's (`pg_config --bindir`, where ../shared/citus/install.sh puts
+when set, else the system's (`pg_config --bindir`, where a Citus build installs
 citus.so next to its libraries).
 
     with citus_cluster() as cluster:
@@ -70,7 +70,8 @@ def citus_bindir() -> Path:
     raise CitusUnavailable(
         "no PostgreSQL with Citus found (looked in "
         + ", ".join(str(c) for c in candidates)
-        + "); build it with ../shared/citus/install.sh, or set PG_BINDIR"
+        + "); install Citus into that PostgreSQL (Citus's packages, or a build from "
+        + "its source), or set PG_BINDIR"
     )
 
 
