@@ -70,8 +70,8 @@ def create_app(settings: Settings) -> Starlette:
         return await service_error(request, ValidationFailed([]))
 
     routes = [
-        Route(SYNC_PATH, sync.SyncRecord, name="sync_record"),
-        Route(SYNC_PATH + "/verify", sync.SyncVerify, name="sync_verify"),
+        Route(SYNC_PATH, sync.sync_record, methods=["GET", "PUT", "DELETE"], name="sync_record"),
+        Route(SYNC_PATH + "/verify", sync.verify_record, methods=["POST"], name="sync_verify"),
         Route("/health", health, methods=["GET"], name="health"),
         Route("/health/live", health_live, methods=["GET"], name="health_live"),
         Route("/openapi.json", openapi_endpoint, methods=["GET"], name="openapi"),

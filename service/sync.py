@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -31,129 +30,140 @@ from service.responses import ORJSONResponse
 SUCCESS = {"success": True}
 
 
-class SyncRecord(HTTPEndpoint):
-    """/api/sync/{user_id}: PUT, GET and DELETE of one user's record; other methods get 405."""
-
-    async def put(self, request: Request) -> Response:
-        """PUT /api/sync/{userId}: insert or replace the record (conditionally with
-        If-Match / If-None-Match); answers with the new version's ETag."""
-        user_id = parse_user_id(request.path_params["user_id"])
-        authorize(request, user_id)  # before the body is read or the user's quota spent
-        if_match = parse_condition(request.headers, "If-Match")
-        if_none_match = parse_condition(request.headers, "If-None-Match")
-        _require_json(request)
-        settings = request.state.settings
-        # The reservation lasts until the record is stored: the payload is held till then.
-        with request.state.upload_budget.reservation() as reservation:
-            try:
-                body = await read_body(
-                    request, MAX_BODY_BYTES, within=settings.body_timeout, reservation=reservation
-                )
-            except UploadBudgetExhausted:
-                raise ServiceUnavailable(settings.retry_after) from None
-            payload = validate_payload(parse_json_body(body))
-            return await self._store(request, user_id, payload, if_match, if_none_match)
-
-    async def _store(
-        self,
-        request: Request,
-        user_id: uuid.UUID,
-        payload: SyncPayload,
-        if_match: Condition | None,
-        if_none_match: Condition | None,
-    ) -> Response:
-        """Store a valid payload with the statement its conditional headers call for."""
-        fields = {
-            "user_id": user_id,
-            "encrypted_blob": payload.encrypted_blob,
-            "iv": payload.iv,
-            "timestamp": payload.timestamp,
-            "checksum": payload.checksum,
-            "blob_size": payload.blob_size,
-            "version": uuid.uuid4(),  # drawn here: Citus allows no volatile function there
-        }
-        if if_match is not None and if_none_match is not None and if_none_match.any:
-            raise PreconditionFailed()  # exists (If-Match) and does not exist (*): never
-        if if_match is not None:
-            excluded = if_none_match.versions(weak_ok=True) if if_none_match else None
-            row = await run_statement(
-                request,
-                queries.replace_record_if_match,
-                **fields,
-                versions=None if if_match.any else if_match.versions(weak_ok=False),
-                excluded_versions=excluded,
+async def put_record(request: Request) -> Response:
+    """PUT /api/sync/{userId}: insert or replace the record (conditionally with
+    If-Match / If-None-Match); answers with the new version's ETag."""
+    user_id = parse_user_id(request.path_params["user_id"])
+    authorize(request, user_id)  # before the body is read or the user's quota spent
+    if_match = parse_condition(request.headers, "If-Match")
+    if_none_match = parse_condition(request.headers, "If-None-Match")
+    _require_json(request)
+    settings = request.state.settings
+    # The reservation lasts until the record is stored: the payload is held till then.
+    with request.state.upload_budget.reservation() as reservation:
+        try:
+            body = await read_body(
+                request, MAX_BODY_BYTES, within=settings.body_timeout, reservation=reservation
             )
-        elif if_none_match is not None:
-            stored_version = await run_statement(
-                request,
-                queries.store_record_unless_match,
-                **fields,
-                versions=None if if_none_match.any else if_none_match.versions(weak_ok=True),
-            )  # no row: the record is at one of those versions (or exists, for `*`)
-            row = (True, *stored_version) if stored_version is not None else None
-        else:
-            row = (True, *await _one_row(request, queries.store_record, **fields))
-        stored, version = row if row is not None else (None, None)
-        if not stored:  # False: another version; None: no record to match
-            raise PreconditionFailed(await _current_version(request, user_id))
-        return respond(request, SUCCESS, etag=version)
+        except UploadBudgetExhausted:
+            raise ServiceUnavailable(settings.retry_after) from None
+        payload = validate_payload(parse_json_body(body))
+        return await _store(request, user_id, payload, if_match, if_none_match)
 
-    async def get(self, request: Request) -> Response:
-        """GET /api/sync/{userId}: the record, exactly the four client fields, with its
-        ETag; 304 without a body when If-None-Match names the current version."""
-        user_id = parse_user_id(request.path_params["user_id"])
-        authorize(request, user_id)
-        if_none_match = parse_condition(request.headers, "If-None-Match")
+
+async def _store(
+    request: Request,
+    user_id: uuid.UUID,
+    payload: SyncPayload,
+    if_match: Condition | None,
+    if_none_match: Condition | None,
+) -> Response:
+    """Store a valid payload with the statement its conditional headers call for."""
+    fields = {
+        "user_id": user_id,
+        "encrypted_blob": payload.encrypted_blob,
+        "iv": payload.iv,
+        "timestamp": payload.timestamp,
+        "checksum": payload.checksum,
+        "blob_size": payload.blob_size,
+        "version": uuid.uuid4(),  # drawn here: Citus allows no volatile function there
+    }
+    if if_match is not None and if_none_match is not None and if_none_match.any:
+        raise PreconditionFailed()  # exists (If-Match) and does not exist (*): never
+    if if_match is not None:
+        excluded = if_none_match.versions(weak_ok=True) if if_none_match else None
         row = await run_statement(
             request,
-            queries.fetch_record,
-            user_id=user_id,
-            known_versions=if_none_match.versions(weak_ok=True) if if_none_match else None,
-            any_version=bool(if_none_match and if_none_match.any),
-        )
-        if row is None:
-            raise RecordNotFound()
-        blob, iv, timestamp, checksum, version, unchanged = row
-        if unchanged:
-            headers = {**quota_headers(request), "ETag": etag_header(version)}
-            return Response(status_code=304, headers=headers)
-        return respond(
-            request,
-            {"encryptedBlob": blob, "iv": iv, "timestamp": timestamp, "checksum": checksum},
-            etag=version,
-        )
-
-    async def delete(self, request: Request) -> Response:
-        """DELETE /api/sync/{userId}: erase the record, whether or not it existed; with
-        If-Match only while it is at that version."""
-        user_id = parse_user_id(request.path_params["user_id"])
-        authorize(request, user_id)
-        if_match = parse_condition(request.headers, "If-Match")
-        if if_match is None:
-            await run_statement(request, queries.erase_record, user_id=user_id)
-            return respond(request, SUCCESS)
-        row = await run_statement(
-            request,
-            queries.erase_record_if_match,
-            user_id=user_id,
+            queries.replace_record_if_match,
+            **fields,
             versions=None if if_match.any else if_match.versions(weak_ok=False),
+            excluded_versions=excluded,
         )
-        if row is None or not row[0]:
-            raise PreconditionFailed(await _current_version(request, user_id))
+    elif if_none_match is not None:
+        stored_version = await run_statement(
+            request,
+            queries.store_record_unless_match,
+            **fields,
+            versions=None if if_none_match.any else if_none_match.versions(weak_ok=True),
+        )  # no row: the record is at one of those versions (or exists, for `*`)
+        row = (True, *stored_version) if stored_version is not None else None
+    else:
+        row = (True, *await _one_row(request, queries.store_record, **fields))
+    stored, version = row if row is not None else (None, None)
+    if not stored:  # False: another version; None: no record to match
+        raise PreconditionFailed(await _current_version(request, user_id))
+    return respond(request, SUCCESS, etag=version)
+
+
+async def get_record(request: Request) -> Response:
+    """GET /api/sync/{userId}: the record, exactly the four client fields, with its
+    ETag; 304 without a body when If-None-Match names the current version."""
+    user_id = parse_user_id(request.path_params["user_id"])
+    authorize(request, user_id)
+    if_none_match = parse_condition(request.headers, "If-None-Match")
+    row = await run_statement(
+        request,
+        queries.fetch_record,
+        user_id=user_id,
+        known_versions=if_none_match.versions(weak_ok=True) if if_none_match else None,
+        any_version=bool(if_none_match and if_none_match.any),
+    )
+    if row is None:
+        raise RecordNotFound()
+    blob, iv, timestamp, checksum, version, unchanged = row
+    if unchanged:
+        headers = {**quota_headers(request), "ETag": etag_header(version)}
+        return Response(status_code=304, headers=headers)
+    return respond(
+        request,
+        {"encryptedBlob": blob, "iv": iv, "timestamp": timestamp, "checksum": checksum},
+        etag=version,
+    )
+
+
+async def delete_record(request: Request) -> Response:
+    """DELETE /api/sync/{userId}: erase the record, whether or not it existed; with
+    If-Match only while it is at that version."""
+    user_id = parse_user_id(request.path_params["user_id"])
+    authorize(request, user_id)
+    if_match = parse_condition(request.headers, "If-Match")
+    if if_match is None:
+        await run_statement(request, queries.erase_record, user_id=user_id)
         return respond(request, SUCCESS)
+    row = await run_statement(
+        request,
+        queries.erase_record_if_match,
+        user_id=user_id,
+        versions=None if if_match.any else if_match.versions(weak_ok=False),
+    )
+    if row is None or not row[0]:
+        raise PreconditionFailed(await _current_version(request, user_id))
+    return respond(request, SUCCESS)
 
 
-class SyncVerify(HTTPEndpoint):
-    """/api/sync/{user_id}/verify."""
+async def verify_record(request: Request) -> Response:
+    """POST /api/sync/{userId}/verify: whether a record exists (device pairing), with
+    its ETag when it does."""
+    user_id = parse_user_id(request.path_params["user_id"])
+    authorize(request, user_id)
+    row = await run_statement(request, queries.record_version, user_id=user_id)
+    version = row[0] if row is not None else None
+    return respond(request, {"exists": version is not None}, etag=version)
 
-    async def post(self, request: Request) -> Response:
-        """POST /api/sync/{userId}/verify: whether a record exists (device pairing), with
-        its ETag when it does."""
-        user_id = parse_user_id(request.path_params["user_id"])
-        authorize(request, user_id)
-        row = await run_statement(request, queries.record_version, user_id=user_id)
-        version = row[0] if row is not None else None
-        return respond(request, {"exists": version is not None}, etag=version)
+
+_BY_METHOD = {
+    "GET": get_record,
+    "HEAD": get_record,
+    "PUT": put_record,
+    "DELETE": delete_record,
+}
+
+
+async def sync_record(request: Request) -> Response:
+    """/api/sync/{user_id}: PUT, GET (and HEAD) and DELETE of one user's record. The
+    route lists these methods, so Starlette answers any other with 405 and Allow; a
+    function route costs less per request than an HTTPEndpoint class."""
+    return await _BY_METHOD[request.method](request)
 
 
 async def run_statement(request: Request, query: Any, **params: object) -> tuple | None:
