@@ -113,18 +113,24 @@ async def run_batch(
     try:
         parses = [_send(pgconn, stmt, values, prepared) for stmt, values in batch]
         await exchange.flush()
+        failed_parses: dict[bytes, Exception] = {}
         for (stmt, _), parse in zip(batch, parses, strict=True):
-            parsed = True
+            parse_error = None
             if parse:  # the Parse's own result first; if it failed, that is the error
                 outcome = await exchange.results()
-                parsed = not isinstance(outcome, Exception)
+                if isinstance(outcome, Exception):
+                    parse_error = failed_parses[stmt.prepared_name] = outcome
             answer = await exchange.results()
-            answers.append(answer if parsed else outcome)
             await exchange.sync()
-            if prepared is not None and not parsed:
+            if isinstance(answer, errors.InvalidSqlStatementName):
+                # This batch's Parse of it failed (its error is this one's too: a cancel
+                # is a 503), or someone ran DEALLOCATE or DISCARD: prepare afresh.
+                parse_error = failed_parses.get(stmt.prepared_name) or _lost(answer)
+                if prepared is not None and stmt.prepared_name not in failed_parses:
+                    prepared.clear()
+            answers.append(parse_error or answer)
+            if prepared is not None and parse_error is not None:
                 prepared.discard(stmt.prepared_name)
-            if prepared is not None and isinstance(answer, errors.InvalidSqlStatementName):
-                prepared.clear()  # someone ran DEALLOCATE or DISCARD: prepare afresh
         pgconn.exit_pipeline_mode()
     except BaseException:
         if prepared is not None:
@@ -153,7 +159,11 @@ async def _one_by_one(
             prepared.add(stmt.prepared_name)
         pgconn.send_query_prepared(stmt.prepared_name, values)
     await exchange.flush()
-    return await exchange.results()
+    answer = await exchange.results()
+    if prepared is not None and isinstance(answer, errors.InvalidSqlStatementName):
+        prepared.clear()  # someone ran DEALLOCATE or DISCARD: prepare afresh
+        return _lost(answer)
+    return answer
 
 
 def _send(
@@ -236,6 +246,12 @@ class _Exchange:
 def _ready(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _lost(error: Exception) -> psycopg.OperationalError:
+    """A prepared statement the server no longer has is the connection's state, not the
+    request's fault: a 503, and the next batch prepares it again."""
+    return psycopg.OperationalError(f"prepared statement lost on this connection: {error}")
 
 
 def _error(result: pq.abc.PGresult) -> psycopg.Error:

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from service.batching import StatementBatcher
-from service.db import create_pool
+from service.db import create_pool, queries
 from tests.conftest import test_queries
 
 TYPES = test_queries.batching_types.sql
@@ -83,11 +83,12 @@ def test_a_failed_parse_is_its_own_statements_error_and_the_batch_goes_on(settin
     results, again = asyncio.run(_on_one_connection(settings, body))
     assert results[0] == (1,) and results[3] == (1,)
     assert isinstance(results[1], psycopg.errors.UndefinedTable)
-    assert isinstance(results[2], psycopg.Error)  # relied on the first one's Parse
+    assert isinstance(results[2], psycopg.errors.UndefinedTable)  # the first one's Parse
     assert isinstance(again, psycopg.errors.UndefinedTable)
 
 
-def test_statements_dropped_behind_its_back_are_prepared_again(settings):
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_statements_dropped_behind_its_back_are_prepared_again(settings, pipelined):
     async def body(batcher, pool):
         await batcher.fetchone(ONE, {})
         async with pool.connection() as conn:
@@ -95,8 +96,8 @@ def test_statements_dropped_behind_its_back_are_prepared_again(settings):
         lost = await asyncio.gather(batcher.fetchone(ONE, {}), return_exceptions=True)
         return lost[0], await batcher.fetchone(ONE, {})
 
-    lost, again = asyncio.run(_on_one_connection(settings, body))
-    assert isinstance(lost, psycopg.errors.InvalidSqlStatementName)
+    lost, again = asyncio.run(_on_one_connection(settings, body, pipelined=pipelined))
+    assert isinstance(lost, psycopg.OperationalError)  # the connection's state: a 503
     assert again == (1,)
 
 
@@ -111,3 +112,30 @@ def test_a_nul_in_a_text_parameter_fails_that_statement_alone(settings):
     bad, good = asyncio.run(_on_one_connection(settings, body))
     assert isinstance(bad, psycopg.DataError)
     assert good == (1,)
+
+
+def test_a_parse_cancelled_behind_a_lock_is_a_503_for_every_statement_relying_on_it(settings, db):
+    """Parsing a statement on a locked table waits for the lock; past the batch deadline
+    the watchdog cancels it. The batch's later statements of that kind were sent without
+    a Parse of their own, and must hear the cancellation (a 503), never "prepared
+    statement does not exist" (which would be a 500)."""
+    store = queries.store_record.sql
+
+    async def body(batcher, pool):
+        with psycopg.connect(settings.database_url) as locker:
+            test_queries.faults_lock_records(locker)
+            calls = [batcher.fetchone(store, _record()) for _ in range(3)]
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            locker.rollback()
+        return results, await batcher.fetchone(store, _record())
+
+    results, after = asyncio.run(_on_one_connection(settings, body, batch_deadline=0.5))
+    assert all(isinstance(r, psycopg.errors.QueryCanceled) for r in results), results
+    assert after is not None  # prepared afresh on a new connection, and stored
+
+
+def _record() -> dict[str, object]:
+    return {
+        "user_id": uuid.uuid4(), "encrypted_blob": "AAAA", "iv": "MTIzNDU2Nzg5MGFi",
+        "timestamp": 1, "checksum": "a" * 64, "blob_size": 3, "version": uuid.uuid4(),
+    }  # fmt: skip
