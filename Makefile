@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # The database: $DATABASE_URL when set, else the local dev cluster (started on demand).
 DB_URL = $${DATABASE_URL:-$$($(PY) -m service.localpg start $(PGDATA_DEV))}
 
-.PHONY: venv lock upgrade dev migrate migrate-status psql sql backup restore test test-faults test-citus lint openapi bench bench-scale bench-levers bench-floor dev-db-stop clean
+.PHONY: venv lock upgrade bench-citus dev migrate migrate-status psql sql backup restore test test-faults test-citus lint openapi bench bench-scale bench-levers bench-floor dev-db-stop clean
 
 venv: $(VENV)/.installed
 
@@ -116,6 +116,11 @@ bench-scale: venv
 ##   make bench-levers BENCH_ARGS='--variant "pool 4:DB_POOL_MAX=4" --variant "pool 16:DB_POOL_MAX=16"'
 bench-levers: venv
 	$(PY) -m bench.levers $(BENCH_ARGS)
+
+## make bench-citus: the service on a 3-node Citus cluster next to one plain PostgreSQL,
+## side by side (the system's PostgreSQL, which Citus is built into; docs/scaling.md)
+bench-citus: venv
+	PG_BINDIR="$${PG_BINDIR:-$(CITUS_BINDIR)}" $(PY) -m bench.citus $(BENCH_ARGS)
 
 ## make bench-floor: the service next to the bare parts of its design (uvicorn, Starlette,
 ## the statement batcher) and pgbench, for what any code on this design could reach
