@@ -33,6 +33,7 @@ class Settings:
     statement_timeout_ms: int = 10_000
     prepare_threshold: int | None = 5
     pipeline: bool = True
+    batch_max_statements: int = 64
     body_timeout: float = 30.0
     upload_buffer_mb: int = 100
     startup_timeout: float = 30.0
@@ -113,6 +114,7 @@ class Settings:
             statement_timeout_ms=_int(env, "DB_STATEMENT_TIMEOUT_MS", 10_000, minimum=0),
             prepare_threshold=_prepare_threshold(env),
             pipeline=_bool(env, "DB_PIPELINE", True),
+            batch_max_statements=_int(env, "DB_BATCH_MAX", 64, minimum=1),
             body_timeout=_float(env, "REQUEST_BODY_TIMEOUT", 30.0),
             upload_buffer_mb=_int(env, "UPLOAD_BUFFER_MB", 100, minimum=4),
             startup_timeout=_float(env, "STARTUP_TIMEOUT", 30.0),

@@ -140,6 +140,7 @@ def create_batcher(pool: AsyncConnectionPool, settings: Settings) -> StatementBa
         batch_deadline=settings.statement_timeout_ms / 1000 or None,
         pipelined=settings.pipeline,
         prepare=settings.prepare_threshold is not None,
+        max_batch_size=settings.batch_max_statements,
     )
 
 
