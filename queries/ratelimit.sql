@@ -27,6 +27,9 @@ WHERE window_start = CAST(:window_start AS timestamptz)
   AND bucket = ANY (CAST(:watched AS text[]));
 
 -- name: purge_rate_limit_windows(window_seconds)!
--- Forget windows that have ended, so the table stays the size of one window's traffic.
+-- Forget windows that ended a whole window ago, so the table stays the size of a couple
+-- of windows' traffic. The margin is for clocks: window_start comes from each process's
+-- clock, now() from the database's, and a database clock ahead of a process's must not
+-- purge that process's current window.
 DELETE FROM rate_limit_hits
-WHERE window_start < now() - make_interval(secs => :window_seconds);
+WHERE window_start < now() - make_interval(secs => 2 * :window_seconds);

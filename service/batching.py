@@ -143,6 +143,8 @@ class StatementBatcher:
                 sendable.append((waiting, stmt, stmt.encode(waiting.params)))
             except psycopg.Error as exc:
                 waiting.result.set_exception(exc)
+            except Exception as exc:  # a value the encoder cannot take: that request's bug
+                waiting.result.set_exception(psycopg.ProgrammingError(str(exc)))
         if not sendable:
             return
         try:

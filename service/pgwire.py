@@ -108,6 +108,7 @@ async def run_batch(
     if not pipelined:
         for stmt, values in batch:  # a batch of one: no pipeline, a round trip each
             answers.append(await _one_by_one(exchange, stmt, values, prepared))
+        await _close_if_lost(conn, answers)
         return answers
     pgconn.enter_pipeline_mode()
     try:
@@ -118,23 +119,21 @@ async def run_batch(
             parse_error = None
             if parse:  # the Parse's own result first; if it failed, that is the error
                 outcome = await exchange.results()
-                if isinstance(outcome, Exception):
+                if isinstance(outcome, Exception) and not _already_prepared(outcome):
                     parse_error = failed_parses[stmt.prepared_name] = outcome
             answer = await exchange.results()
             await exchange.sync()
             if isinstance(answer, errors.InvalidSqlStatementName):
                 # This batch's Parse of it failed (its error is this one's too: a cancel
-                # is a 503), or someone ran DEALLOCATE or DISCARD: prepare afresh.
+                # is a 503), or someone ran DEALLOCATE or DISCARD behind our back.
                 parse_error = failed_parses.get(stmt.prepared_name) or _lost(answer)
-                if prepared is not None and stmt.prepared_name not in failed_parses:
-                    prepared.clear()
             answers.append(parse_error or answer)
             if prepared is not None and parse_error is not None:
                 prepared.discard(stmt.prepared_name)
         pgconn.exit_pipeline_mode()
+        await _close_if_lost(conn, answers)
     except BaseException:
-        if prepared is not None:
-            prepared.clear()  # what this connection holds is unknown: it gets closed
+        _prepared.pop(conn, None)  # what this connection holds is unknown: it gets closed
         raise
     return answers
 
@@ -154,15 +153,14 @@ async def _one_by_one(
             pgconn.send_prepare(stmt.prepared_name, stmt.sql)
             await exchange.flush()
             outcome = await exchange.results()
-            if isinstance(outcome, Exception):
+            if isinstance(outcome, Exception) and not _already_prepared(outcome):
                 return outcome
             prepared.add(stmt.prepared_name)
         pgconn.send_query_prepared(stmt.prepared_name, values)
     await exchange.flush()
     answer = await exchange.results()
-    if prepared is not None and isinstance(answer, errors.InvalidSqlStatementName):
-        prepared.clear()  # someone ran DEALLOCATE or DISCARD: prepare afresh
-        return _lost(answer)
+    if isinstance(answer, errors.InvalidSqlStatementName):
+        return _lost(answer)  # someone ran DEALLOCATE or DISCARD behind our back
     return answer
 
 
@@ -196,9 +194,22 @@ class _Exchange:
         self.fd = pgconn.socket
 
     async def flush(self) -> None:
-        """Send everything queued; libpq's buffer may take several writable waits."""
+        """Send everything queued. While libpq cannot send it all, wait for the socket
+        to be writable *or* readable, and read what arrived: the server answers the
+        first statements while the rest is still on its way, and a server blocked
+        writing results we do not read stops reading what we send (libpq's docs on
+        pipeline mode: the client must consume input while it waits to write)."""
         while self.pgconn.flush():
-            await self._wait(self.loop.add_writer, self.loop.remove_writer)
+            ready = self.loop.create_future()
+            self.loop.add_writer(self.fd, _ready, ready, False)
+            self.loop.add_reader(self.fd, _ready, ready, True)
+            try:
+                readable = await ready
+            finally:
+                self.loop.remove_writer(self.fd)
+                self.loop.remove_reader(self.fd)
+            if readable:
+                self.pgconn.consume_input()  # buffered in libpq, read in order later
 
     async def results(self) -> tuple[Any, ...] | Exception | None:
         """One query's outcome: its first row (None without rows, or for a command), or
@@ -215,6 +226,8 @@ class _Exchange:
                         outcome = _first_row(result)
                     except psycopg.Error as exc:
                         outcome = exc
+                    except ValueError as exc:  # a value the decoders do not expect: a bug
+                        outcome = psycopg.ProgrammingError(f"cannot read the row: {exc}")
             elif status == FATAL_ERROR:
                 outcome = _error(result)
             elif status == PIPELINE_ABORTED:
@@ -236,22 +249,42 @@ class _Exchange:
 
     async def _wait(self, add: Callable[..., None], remove: Callable[[int], object]) -> None:
         ready = self.loop.create_future()
-        add(self.fd, _ready, ready)
+        add(self.fd, _ready, ready, None)
         try:
             await ready
         finally:
             remove(self.fd)
 
 
-def _ready(future: asyncio.Future[None]) -> None:
+def _ready(future: asyncio.Future[Any], value: object) -> None:
     if not future.done():
-        future.set_result(None)
+        future.set_result(value)
 
 
-def _lost(error: Exception) -> psycopg.OperationalError:
-    """A prepared statement the server no longer has is the connection's state, not the
-    request's fault: a 503, and the next batch prepares it again."""
-    return psycopg.OperationalError(f"prepared statement lost on this connection: {error}")
+class PreparedStatementLost(psycopg.OperationalError):
+    """The server no longer has a statement this connection prepared (DEALLOCATE or
+    DISCARD behind the batcher's back): the connection's state is unknown, which is a
+    503 for the request, and the connection is closed rather than reused."""
+
+
+def _lost(error: Exception) -> PreparedStatementLost:
+    return PreparedStatementLost(f"prepared statement lost on this connection: {error}")
+
+
+def _already_prepared(error: Exception) -> bool:
+    """A Parse refused because the name exists: the server has the statement, so it is
+    prepared after all (a record of ours lost while the server kept it)."""
+    return isinstance(error, errors.DuplicatePreparedStatement)
+
+
+async def _close_if_lost(
+    conn: psycopg.AsyncConnection[Any], answers: list[tuple[Any, ...] | Exception | None]
+) -> None:
+    """Close a connection whose prepared statements went missing: which others did too
+    is unknown. Closed inside the pool's block, it is discarded and replaced."""
+    if any(isinstance(answer, PreparedStatementLost) for answer in answers):
+        _prepared.pop(conn, None)
+        await conn.close()
 
 
 def _error(result: pq.abc.PGresult) -> psycopg.Error:

@@ -187,13 +187,16 @@ class RateLimiter:
         now = self._clock()
         self._roll(now)
         window = self._window
-        sent = list(self._unsent)
+        # In one order in every process: the upsert locks its rows in this order, and
+        # two exchanges locking shared buckets in opposite orders would deadlock.
+        sent = sorted(self._unsent)
         self._unsent.clear()
         deltas = []
         for key in sent:
             bucket = self._buckets[key]
             bucket.sending, bucket.pending = bucket.pending, 0
             deltas.append(bucket.sending)
+        self._evict(now)
         watched = []
         for key in reversed(self._buckets):  # most recently used first, until too old
             bucket = self._buckets[key]
@@ -224,6 +227,19 @@ class RateLimiter:
                 bucket.known = hits
                 bucket.sending = 0
         return len(sent) + len(watched)
+
+    def _evict(self, now: float) -> None:
+        """Forget buckets not used for WATCH_SECONDS with nothing left to send, so memory
+        follows the last minute's users rather than the whole window's. A user who comes
+        back starts from zero here and is brought up to date by the next exchange: one
+        request decided without the others' counts, within the per-process bound."""
+        buckets = self._buckets
+        while buckets:
+            key = next(iter(buckets))  # least recently used
+            bucket = buckets[key]
+            if now - bucket.last_used <= WATCH_SECONDS or bucket.pending or bucket.sending:
+                return
+            del buckets[key]
 
     @asynccontextmanager
     async def exchanging(self, run: Callable[..., Any], *, interval: float) -> AsyncIterator[None]:

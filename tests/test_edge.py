@@ -3,6 +3,7 @@ around a small app, for what the contract tests reach only through the whole ser
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -132,3 +133,40 @@ def test_an_unknown_method_is_logged_as_it_came_and_answered_405(access):
     assert response.status_code == 405
     [line] = access()
     assert (line.method, line.status) == ("PURGE", 405)
+
+
+@pytest.mark.parametrize("origins", [["*"], ["http://localhost:5173"]])
+@pytest.mark.parametrize("origin", [None, "http://localhost:5173", "https://elsewhere.example"])
+@pytest.mark.parametrize(
+    "response_headers",
+    [[], [(b"content-type", b"application/json"), (b"etag", b'"v"')], [(b"vary", b"Accept")]],
+)
+def test_the_cors_headers_are_exactly_starlettes(origins, origin, response_headers):
+    """JSONCORSMiddleware's constant headers (all origins allowed) are what Starlette's
+    CORSMiddleware adds, for every response: with and without Origin, with a Vary."""
+    from starlette.datastructures import Headers
+    from starlette.middleware.cors import CORSMiddleware
+
+    from service.edge import JSONCORSMiddleware
+
+    options = {
+        "allow_origins": origins, "allow_methods": ["GET"], "allow_headers": ["Content-Type"],
+        "expose_headers": ["ETag"], "max_age": 600,
+    }  # fmt: skip
+
+    async def headers_after(middleware) -> list[tuple[bytes, bytes]]:
+        sent = []
+
+        async def keep(message):
+            sent.append(message)
+
+        request = Headers({"origin": origin} if origin else {})
+        for _ in range(2):  # the first call takes the constants, the second uses them
+            message = {"type": "http.response.start", "status": 200,
+                       "headers": list(response_headers)}  # fmt: skip
+            await middleware.send(message, keep, request)
+        return [sorted(m["headers"]) for m in sent]
+
+    ours = asyncio.run(headers_after(JSONCORSMiddleware(None, **options)))
+    starlettes = asyncio.run(headers_after(CORSMiddleware(None, **options)))
+    assert ours == starlettes

@@ -139,3 +139,35 @@ def _record() -> dict[str, object]:
         "user_id": uuid.uuid4(), "encrypted_blob": "AAAA", "iv": "MTIzNDU2Nzg5MGFi",
         "timestamp": 1, "checksum": "a" * 64, "blob_size": 3, "version": uuid.uuid4(),
     }  # fmt: skip
+
+
+def test_a_batch_of_large_reads_and_writes_does_not_deadlock(settings):
+    """A batch whose reads answer more than the socket buffers hold, queued with uploads
+    that take several writes: the batcher reads while it waits to write (libpq's
+    pipeline-mode advice). Over loopback TCP libpq's own read-when-the-write-blocks
+    usually saves even a writer that only waits for writable, so this guards the large
+    mixed batch as a whole rather than reproducing the deadlock every time."""
+    blob = "QUFB" * 330_000  # 1.32 MB of base64: a record near the limit
+    users = [uuid.uuid4() for _ in range(16)]
+
+    def record(user) -> dict[str, object]:
+        return {**_record(), "user_id": user, "encrypted_blob": blob, "blob_size": 990_000}
+
+    async def body(batcher, pool):
+        await asyncio.gather(
+            *(batcher.fetchone(queries.store_record.sql, record(u)) for u in users)
+        )
+        reads = [
+            batcher.fetchone(
+                queries.fetch_record.sql,
+                {"user_id": u, "known_versions": None, "any_version": False},
+            )
+            for u in users
+        ]
+        writes = [batcher.fetchone(queries.store_record.sql, record(u)) for u in users[:12]]
+        return await asyncio.wait_for(asyncio.gather(*reads, *writes), timeout=30)
+
+    results = asyncio.run(
+        _on_one_connection(settings, body, max_batch_size=64, max_batch_bytes=64 * 1024 * 1024)
+    )
+    assert [r[0] for r in results[:16]] == [blob] * 16

@@ -429,3 +429,35 @@ def test_an_exchange_refreshes_at_most_max_watched_buckets(database_url, monkeyp
     assert len(seen[0]["buckets"]) == 6 and seen[0]["watched"] == []
     assert seen[1]["buckets"] == []
     assert seen[1]["watched"] == [f"user:{u}" for u in reversed(users[3:])]
+
+
+def test_buckets_unused_for_a_minute_are_forgotten_and_relearnt(database_url):
+    clock = FakeClock(7200.0 + 10)
+    (a,), run = _exchanging_limiters(database_url, clock, count=1)
+    user = new_user_id()
+    for _ in range(4):
+        a.admit(user_id=user, client_ip=None)
+    asyncio.run(a.exchange(run))
+    clock.now += 61
+    asyncio.run(a.exchange(run))
+    assert f"user:{user}" not in a._buckets  # memory follows the last minute's users
+    assert a.admit(user_id=user, client_ip=None).remaining == 4  # decided from zero ...
+    asyncio.run(a.exchange(run))
+    with pytest.raises(RateLimitExceeded):  # ... until the exchange brings back the 5
+        a.admit(user_id=user, client_ip=None)
+
+
+def test_exchanges_send_their_buckets_in_one_order(database_url):
+    """Every process locks shared buckets in the same (sorted) order: no deadlock."""
+    clock = FakeClock(7200.0 + 10)
+    (a,), run = _exchanging_limiters(database_url, clock, count=1)
+    seen: list[list[str]] = []
+
+    async def recording(**bindings):
+        seen.append(bindings["buckets"])
+        return await run(**bindings)
+
+    for user in [new_user_id() for _ in range(20)]:
+        a.admit(user_id=user, client_ip="192.0.2.7")
+    asyncio.run(a.exchange(recording))
+    assert seen[0] == sorted(seen[0]) and len(seen[0]) == 20
