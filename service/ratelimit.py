@@ -17,8 +17,12 @@ The price is an approximate limit across processes: in the worst case each proce
 admits up to the limit before it hears of the others' requests, so N processes admit at
 most N times the limit within one interval's blind spot (two processes: twice the limit,
 the slack a fixed window already has at its boundary). Requests that arrive a second
-apart see every earlier request, and one process alone is exact. When PostgreSQL is
-unreachable the processes keep counting locally and send the counts once it answers.
+apart see every earlier request on processes that served that bucket within the last
+minute (a process new to a bucket decides its first request from zero and learns the
+total at its next exchange), and one process alone is exact. When PostgreSQL is
+unreachable the processes keep counting locally and send the counts once it answers; an
+exchange cut off after PostgreSQL committed it (a shutdown mid-exchange) is sent again,
+counting those requests twice, which errs on the side of refusing.
 """
 
 from __future__ import annotations
