@@ -27,7 +27,7 @@ class Settings:
     port: int = 5175
     workers: int = 1
     pool_min: int = 1
-    pool_max: int = 10
+    pool_max: int = 4
     pool_timeout: float = 5.0
     pool_max_waiting: int = 200
     statement_timeout_ms: int = 10_000
@@ -86,7 +86,7 @@ class Settings:
                 "(value not shown: it may hold a password; percent-encode special characters)"
             ) from None
         pool_min = _int(env, "DB_POOL_MIN", 1, minimum=0)
-        pool_max = _int(env, "DB_POOL_MAX", 10, minimum=1)
+        pool_max = _int(env, "DB_POOL_MAX", 4, minimum=1)
         if pool_min > pool_max:
             raise ConfigError(f"DB_POOL_MIN ({pool_min}) must not exceed DB_POOL_MAX ({pool_max})")
         log_format = env.get("LOG_FORMAT", "text").strip().lower()
