@@ -37,8 +37,9 @@ class JSONCORSMiddleware(CORSMiddleware):
     and that with every origin allowed (`*`, no credentials: the default) the headers
     it adds to a response are the same for every request with an Origin, and for every
     one without: those two lists are taken from Starlette's own `send` once, on a bare
-    response, and added as they are (side by side about 4 us a request less). A
-    response that already carries a Vary header takes Starlette's path."""
+    response, and added as they are, with no header scans per request (not measured
+    apart: below the noise of a 5-round run). A response that already carries a Vary
+    header takes Starlette's path; tests/test_edge.py compares both with Starlette's."""
 
     _constant: dict[bool, list[tuple[bytes, bytes]]] | None = None
 
