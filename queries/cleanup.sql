@@ -1,8 +1,9 @@
 -- GDPR cleanup (service/cleanup.py): erase records nobody has accessed for :inactive_days.
 -- From psql: `logikids-sync sql erase_inactive_records inactive_days=730 batch_size=1000`.
 
--- name: erase_inactive_records(inactive_days, batch_size)$
--- Erase one batch of the oldest inactive records and return how many went. The batch is
+-- name: erase_inactive_records(inactive_days, batch_size)^
+-- Erase one batch of the oldest inactive records; answers how many went and how many
+-- were chosen (a full batch means there may be more, even when some were kept). The batch is
 -- found through idx_last_accessed (oldest first, LIMIT); each batch is one short statement
 -- that locks only its own rows. The DELETE checks last_accessed again: a row a request
 -- is writing meanwhile is waited for (one short statement) and then re-checked as it is
@@ -21,7 +22,7 @@ erased AS (
     AND last_accessed < now() - make_interval(days => :inactive_days)
   RETURNING 1
 )
-SELECT count(*) FROM erased;
+SELECT (SELECT count(*) FROM erased) AS erased, (SELECT count(*) FROM batch) AS chosen;
 
 -- name: count_inactive_records(inactive_days)$
 -- What `cleanup --dry-run` reports: the records a cleanup would erase now.

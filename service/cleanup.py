@@ -44,9 +44,10 @@ async def erase_inactive(
 ) -> int:
     """Erase records not accessed for `inactive_days`, batch by batch; return how many.
 
-    Stops after the first batch smaller than `batch_size`: nothing old is left, or some
-    of the batch was read or stored meanwhile and kept; anything else waits for the next
-    run. The statement (queries/cleanup.sql) also runs on Citus, over every shard.
+    Goes on while a whole batch was chosen (records read or stored meanwhile are kept,
+    and the next batch takes the next oldest), and stops after the first batch smaller
+    than `batch_size`: nothing old is left. The statement (queries/cleanup.sql) also
+    runs on Citus, over every shard.
     """
     if not conn.autocommit:
         raise ValueError("erase_inactive needs an autocommit connection: a batch per commit")
@@ -54,13 +55,13 @@ async def erase_inactive(
         raise ValueError("inactive_days and batch_size must be at least 1")
     total = 0
     while True:
-        erased = await queries.erase_inactive_records(
+        erased, chosen = await queries.erase_inactive_records(
             conn, inactive_days=inactive_days, batch_size=batch_size
         )
         total += erased
         if on_batch is not None:
             on_batch(erased)
-        if erased < batch_size:
+        if chosen < batch_size:
             return total
 
 

@@ -285,7 +285,7 @@ def test_the_sql_command_runs_named_queries_through_psql_on_the_coordinator(data
         database_url, "sql", "erase_inactive_records", "inactive_days=730", "batch_size=1000"
     )
     assert erased.returncode == 0, erased.stderr
-    assert re.search(r"^\s*2\s*$", erased.stdout, flags=re.MULTILINE), erased.stdout
+    assert re.search(r"^\s*2\s*\|\s*2\s*$", erased.stdout, flags=re.MULTILINE), erased.stdout
     assert test_queries.count_records(db) == 1
 
 

@@ -16,7 +16,7 @@ erased AS (
     AND last_accessed < now() - make_interval(days => :inactive_days)
   RETURNING 1
 )
-SELECT count(*) FROM erased;
+SELECT (SELECT count(*) FROM erased) AS erased, (SELECT count(*) FROM batch) AS chosen;
 
 -- name: insert_recent_records(count)!
 -- `count` valid records accessed within the last days, as a live table mostly holds.
