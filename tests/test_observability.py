@@ -50,11 +50,17 @@ def test_metrics_count_requests_by_route_and_status_and_never_name_a_user(databa
     with service_process(database_url, **env) as base:
         assert httpx2.put(f"{base}/api/sync/{user_id}", json=PAYLOAD).status_code == 200
         assert httpx2.get(f"{base}/api/sync/{new_user_id()}").status_code == 404
-        for _ in range(3):
+        statuses = []
+        for _ in range(6):
             # Workers share counts within two exchanges (docs/protocol.md): a pause each.
             time.sleep(0.6)
-            httpx2.post(f"{base}/api/sync/{user_id}/verify")
+            statuses.append(httpx2.post(f"{base}/api/sync/{user_id}/verify").status_code)
         text = scrape(metrics_port)
+    refused = statuses.count(429)
+    # Limit 3, the PUT and six verifies: one process refuses exactly the last four; with
+    # two, a worker's first request for this user is decided from zero (protocol.md),
+    # so one more may pass.
+    assert refused == 4 if workers == "1" else 3 <= refused <= 4, statuses
     route = "/api/sync/{user_id}"
 
     def requests(method: str, path: str, status: str) -> float:
@@ -64,8 +70,8 @@ def test_metrics_count_requests_by_route_and_status_and_never_name_a_user(databa
 
     assert requests("PUT", route, "200") == 1
     assert requests("GET", route, "404") == 1
-    assert requests("POST", route + "/verify", "429") == 1
-    assert sample(text, "logikids_sync_rate_limited_total", limit="user") == 1
+    assert requests("POST", route + "/verify", "429") == refused
+    assert sample(text, "logikids_sync_rate_limited_total", limit="user") == refused
     latency = "logikids_sync_request_duration_seconds_count"
     assert sample(text, latency, method="PUT", route=route) == 1
     assert "logikids_sync_pool_connections" in text
