@@ -8,8 +8,10 @@ around a boundary, which is fine for a limit that exists to stop abuse, not to m
 Each process decides on its own, at once, from what it knows: the total the other
 processes had reported at its last exchange plus what it has admitted since. Every
 `exchange_interval` seconds it sends what it admitted to PostgreSQL in one batched
-statement (queries/ratelimit.sql `exchange_counts`) and learns the totals back, so a
-count reaches the other processes within about two intervals. No request waits on that
+statement (queries/ratelimit.sql `exchange_counts`) and learns the totals back: those
+of what it sent and those of every bucket another process changed since shortly before
+its previous exchange, so a count reaches every other process within about two
+intervals, also for users those processes have not served yet. No request waits on that
 statement, so reads stay reads (no write per GET or verify) and each sync statement
 touches only its own record: a single-shard statement on Citus.
 
@@ -17,9 +19,9 @@ The price is an approximate limit across processes: in the worst case each proce
 admits up to the limit before it hears of the others' requests, so N processes admit at
 most N times the limit within one interval's blind spot (two processes: twice the limit,
 the slack a fixed window already has at its boundary). Requests that arrive a second
-apart see every earlier request on processes that served that bucket within the last
-minute (a process new to a bucket decides its first request from zero and learns the
-total at its next exchange), and one process alone is exact. When PostgreSQL is
+apart see every earlier request, whichever process serves them (a bucket quiet for a
+minute is forgotten, and its next request decided from zero), and one process alone is
+exact. When PostgreSQL is
 unreachable the processes keep counting locally and send the counts once it answers; an
 exchange cut off after PostgreSQL committed it (a shutdown mid-exchange) is sent again,
 counting those requests twice, which errs on the side of refusing.
@@ -44,13 +46,17 @@ from service.errors import ServiceError
 logger = logging.getLogger(__name__)
 
 WATCH_SECONDS = 60.0
-"""A bucket used locally within this many seconds has its total refreshed at every
-exchange, so the other processes' requests reach this one's decisions."""
+"""A process keeps a bucket for this long after it was last used here or counted by
+another process, and learns at its first exchange what was counted this long before it
+started."""
 
-MAX_WATCHED = 1000
-"""At most this many such buckets (the most recently used) per exchange, so a process
-that serves very many users keeps its exchange small; past them only the per-process
-bound holds (each process admits at most the limit per window)."""
+LEARN_MARGIN = 2.0
+"""Each exchange learns the buckets changed since this many seconds before the previous
+one: room for commits that land late and for clocks that differ a little."""
+
+LEARN_LIMIT = 10_000
+"""At most this many learned buckets per exchange (the latest changes first), so a very
+busy cluster keeps its exchanges bounded; past them only the per-process bound holds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +127,7 @@ class RateLimiter:
         self._window = -1
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()  # least recently used first
         self._unsent: set[str] = set()  # buckets with pending counts
+        self._exchanged: float | None = None  # when the last exchange began (our clock)
 
     @property
     def enabled(self) -> bool:
@@ -184,10 +191,13 @@ class RateLimiter:
         return bucket
 
     async def exchange(self, run: Callable[..., Any]) -> int:
-        """Send what this process admitted since the last exchange and learn every
-        bucket's total back, in one statement run by `run(**bindings)` (it returns the
-        rows of queries.exchange_counts). Returns the number of buckets exchanged. On
-        failure the counts stay pending and go out with the next exchange."""
+        """Send what this process admitted since the last exchange and learn the totals
+        back, in one statement run by `run(**bindings)` (it returns the rows of
+        queries.exchange_counts): those of the buckets sent, and those of every bucket
+        another process changed since shortly before the previous exchange, so a
+        process knows a user's count before it serves that user. Returns the number of
+        buckets it heard of. On failure the counts stay pending and go out with the
+        next exchange."""
         now = self._clock()
         self._roll(now)
         window = self._window
@@ -201,19 +211,15 @@ class RateLimiter:
             bucket.sending, bucket.pending = bucket.pending, 0
             deltas.append(bucket.sending)
         self._evict(now)
-        watched = []
-        for key in reversed(self._buckets):  # most recently used first, until too old
-            bucket = self._buckets[key]
-            if now - bucket.last_used > WATCH_SECONDS or len(watched) >= MAX_WATCHED:
-                break
-            if not bucket.sending:
-                watched.append(key)
-        if not sent and not watched:
-            return 0
+        since = now - WATCH_SECONDS if self._exchanged is None else self._exchanged - LEARN_MARGIN
         window_start = datetime.fromtimestamp(window * self.window_seconds, UTC)
         try:
             rows = await run(
-                buckets=sent, deltas=deltas, watched=watched, window_start=window_start
+                buckets=sent,
+                deltas=deltas,
+                window_start=window_start,
+                changed_since=datetime.fromtimestamp(since, UTC),
+                learn_limit=LEARN_LIMIT,
             )
         except BaseException:
             if self._window == window:
@@ -224,19 +230,24 @@ class RateLimiter:
                     self._unsent.add(key)
             raise
         if self._window != window:
-            return len(sent) + len(watched)  # the window ended meanwhile: old news
+            return len(rows)  # the window ended meanwhile: old news
+        self._exchanged = now
         for key, hits in rows:
             bucket = self._buckets.get(key)
-            if bucket is not None:
-                bucket.known = hits
-                bucket.sending = 0
-        return len(sent) + len(watched)
+            if bucket is None:  # counted elsewhere: known here from now on
+                bucket = self._buckets[key] = _Bucket()
+            else:
+                self._buckets.move_to_end(key)
+            bucket.known = hits
+            bucket.sending = 0
+            bucket.last_used = now
+        return len(rows)
 
     def _evict(self, now: float) -> None:
-        """Forget buckets not used for WATCH_SECONDS with nothing left to send, so memory
-        follows the last minute's users rather than the whole window's. A user who comes
-        back starts from zero here and is brought up to date by the next exchange: one
-        request decided without the others' counts, within the per-process bound."""
+        """Forget buckets neither used here nor counted elsewhere for WATCH_SECONDS, with
+        nothing left to send, so memory follows the last minute's users rather than the
+        whole window's. A user back after a quiet minute starts from zero here: one
+        request decided without the earlier counts, within the per-process bound."""
         buckets = self._buckets
         while buckets:
             key = next(iter(buckets))  # least recently used

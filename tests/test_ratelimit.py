@@ -270,6 +270,23 @@ def test_two_processes_refuse_from_the_sixth_request_a_second_apart(database_url
 
 
 @pytest.mark.slow
+def test_a_process_refuses_a_user_another_process_spent_before_serving_it_once(database_url):
+    """The bound however the requests spread: five at one process, then the sixth, a
+    second later, at the other, which has never served this user."""
+    user_id = new_user_id()
+    with (
+        service_process(database_url, RATE_LIMIT_PER_HOUR="5") as a,
+        service_process(database_url, RATE_LIMIT_PER_HOUR="5") as b,
+    ):
+        first = [httpx2.post(f"{a}/api/sync/{user_id}/verify").status_code for _ in range(5)]
+        time.sleep(1)
+        sixth = httpx2.post(f"{b}/api/sync/{user_id}/verify")
+    assert first == [200] * 5
+    assert sixth.status_code == 429
+    assert sixth.headers["RateLimit-Remaining"] == "0"
+
+
+@pytest.mark.slow
 def test_60_concurrent_requests_over_two_processes_admit_between_one_and_two_limits(
     database_url,
 ):
@@ -323,7 +340,9 @@ class FakeClock:
         return self.now
 
 
-def _exchanging_limiters(database_url: str, clock: FakeClock, count: int = 2):
+def _exchanging_limiters(
+    database_url: str, clock: FakeClock, count: int = 2, window_seconds: int = 3600
+):
     """`count` limiters with limit 5 that exchange through the test's database."""
 
     async def run(**bindings):
@@ -331,7 +350,8 @@ def _exchanging_limiters(database_url: str, clock: FakeClock, count: int = 2):
             return [row async for row in queries.exchange_counts(conn, **bindings)]
 
     limiters = [
-        RateLimiter(per_user=5, per_ip=0, window_seconds=3600, clock=clock) for _ in range(count)
+        RateLimiter(per_user=5, per_ip=0, window_seconds=window_seconds, clock=clock)
+        for _ in range(count)
     ]
     return limiters, run
 
@@ -409,37 +429,46 @@ def test_a_new_window_starts_from_zero(database_url):
     assert a.admit(user_id=user, client_ip=None).remaining == 4
 
 
-def test_an_exchange_refreshes_at_most_max_watched_buckets(database_url, monkeypatch):
+def test_a_process_learns_the_counts_of_users_it_never_served(database_url):
+    """The bound holds however requests spread: b refuses a user a spent at a, before b
+    has served that user once."""
+    clock = FakeClock(7200.0 + 10)
+    (a, b), run = _exchanging_limiters(database_url, clock)
+    user = new_user_id()
+    for _ in range(5):
+        a.admit(user_id=user, client_ip=None)
+    asyncio.run(a.exchange(run))
+    asyncio.run(b.exchange(run))
+    with pytest.raises(RateLimitExceeded):
+        b.admit(user_id=user, client_ip=None)
+
+
+def test_an_exchange_learns_at_most_learn_limit_buckets_the_latest_first(database_url, monkeypatch):
     import service.ratelimit
 
-    monkeypatch.setattr(service.ratelimit, "MAX_WATCHED", 3)
+    monkeypatch.setattr(service.ratelimit, "LEARN_LIMIT", 3)
     clock = FakeClock(7200.0 + 10)
-    (a,), run = _exchanging_limiters(database_url, clock, count=1)
+    (a, b), run = _exchanging_limiters(database_url, clock)
     users = [new_user_id() for _ in range(6)]
     for user in users:
         a.admit(user_id=user, client_ip=None)
-    seen: list[dict] = []
-
-    async def recording(**bindings):
-        seen.append(bindings)
-        return await run(**bindings)
-
-    asyncio.run(a.exchange(recording))  # sends all six
-    asyncio.run(a.exchange(recording))  # nothing new: refreshes the three most recent
-    assert len(seen[0]["buckets"]) == 6 and seen[0]["watched"] == []
-    assert seen[1]["buckets"] == []
-    assert seen[1]["watched"] == [f"user:{u}" for u in reversed(users[3:])]
+        asyncio.run(a.exchange(run))  # one change after the other
+    assert asyncio.run(b.exchange(run)) == 3
+    assert set(b._buckets) == {f"user:{u}" for u in users[3:]}
 
 
 def test_buckets_unused_for_a_minute_are_forgotten_and_relearnt(database_url):
-    clock = FakeClock(7200.0 + 10)
-    (a,), run = _exchanging_limiters(database_url, clock, count=1)
+    """The clock starts at the real time (the database marks changes with its own) and
+    runs ahead, with an exchange every 10 s; a window of a year keeps it in one window."""
+    clock = FakeClock(time.time())
+    (a,), run = _exchanging_limiters(database_url, clock, count=1, window_seconds=31_536_000)
     user = new_user_id()
     for _ in range(4):
         a.admit(user_id=user, client_ip=None)
     asyncio.run(a.exchange(run))
-    clock.now += 61
-    asyncio.run(a.exchange(run))
+    for _ in range(8):  # the exchange at +10 s still hears the change (LEARN_MARGIN)
+        clock.now += 10
+        asyncio.run(a.exchange(run))
     assert f"user:{user}" not in a._buckets  # memory follows the last minute's users
     assert a.admit(user_id=user, client_ip=None).remaining == 4  # decided from zero ...
     asyncio.run(a.exchange(run))

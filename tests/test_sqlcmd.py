@@ -123,11 +123,11 @@ def test_print_converts_every_placeholder_and_leaves_casts_alone(capsys):
     assert status == 0
     statement = without_comment_lines(capsys.readouterr().out)
     source = (QUERIES_DIR / "ratelimit.sql").read_text()
-    header = "-- name: exchange_counts(buckets, deltas, watched, window_start)\n"
+    header = "-- name: exchange_counts(buckets, deltas, window_start, changed_since, learn_limit)\n"
     block = source.split(header)[1]
     block = without_comment_lines(block.split("-- name:")[0]).strip()
     expected = block
-    for name in ("buckets", "deltas", "watched", "window_start"):
+    for name in ("buckets", "deltas", "window_start", "changed_since", "learn_limit"):
         assert f":{name}" in expected, name
         expected = expected.replace(f":{name}", f":'{name}'")
     assert statement.strip() == expected
@@ -152,7 +152,7 @@ def test_listing_shows_every_query_with_its_parameters(capsys):
     for name in service_query_names():
         assert re.search(rf"^  {name}\(", out, re.MULTILINE), name
     assert "  fetch_record(user_id, known_versions, any_version)\n" in out
-    assert "  exchange_counts(buckets, deltas, watched, window_start)\n" in out
+    assert "  exchange_counts(buckets, deltas, window_start, changed_since, learn_limit)\n" in out
     assert "      The record for one user, marking it accessed in the same statement.\n" in out
     assert "queries/cleanup.sql\n" in out
 
@@ -247,22 +247,22 @@ def test_exchange_counts_from_psql_adds_to_the_window_s_buckets(database_url, db
     user_id = new_user_id()
     user, ip = f"user:{user_id}", "ip:192.0.2.1"
     window = "window_start=2026-12-02 10:00:00+00"
+    since = ("changed_since=2000-01-01 00:00:00+00", "learn_limit=100")
 
     def row(bucket: str, hits: int) -> str:
         return rf"^\s*{re.escape(bucket)}\s*\|\s*{hits}\s*$"
 
     first = sql_cli(
         database_url, "exchange_counts", f"buckets={{{user},{ip}}}", "deltas={1,2}",
-        "watched={}", window,
+        window, *since,
     )  # fmt: skip
     assert first.returncode == 0, first.stderr
     assert re.search(row(user, 1), first.stdout, re.MULTILINE), first.stdout
     assert re.search(row(ip, 2), first.stdout, re.MULTILINE), first.stdout
     assert "(2 rows)" in first.stdout
-    # Another process's exchange: it adds to the user's bucket and watches the IP's.
+    # Another process's exchange: it adds to the user's bucket and learns the IP's.
     second = sql_cli(
-        database_url, "exchange_counts", f"buckets={{{user}}}", "deltas={4}",
-        f"watched={{{ip}}}", window,
+        database_url, "exchange_counts", f"buckets={{{user}}}", "deltas={4}", window, *since,
     )  # fmt: skip
     assert second.returncode == 0, second.stderr
     assert re.search(row(user, 5), second.stdout, re.MULTILINE), second.stdout

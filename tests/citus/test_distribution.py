@@ -261,7 +261,7 @@ def test_a_migration_citus_refuses_is_rolled_back_and_not_recorded(
         migrate(url, directory)
     with psycopg.connect(url, autocommit=True) as conn:
         versions = [v for v, _ in test_queries.applied_versions(conn)]
-        assert versions[-1] == "005_exact_iv_checksum"
+        assert versions[-1] == sorted(MIGRATIONS_DIR.glob("*.sql"))[-1].stem  # not 901
         assert not test_queries.citus_column_on_every_shard(
             conn, table_name="user_sync_data", column_name="refused"
         )
