@@ -87,7 +87,7 @@ def load_queries(directory: Path = QUERIES_DIR) -> dict[str, NamedQuery]:
         names = set(loaded.available_queries)
         for name in loaded.available_queries:
             if name.endswith("_cursor") and name.removesuffix("_cursor") in names:
-                continue  # the cursor twin aiosql adds for each SELECT
+                continue  # the cursor twin aiosql adds for each query that returns rows
             query = getattr(loaded, name)
             found[name] = NamedQuery(
                 name=name,
