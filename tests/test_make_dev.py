@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import httpx2
@@ -18,6 +17,7 @@ import pytest
 
 from service.localpg import free_port
 from tests.paths import REPO_ROOT
+from tests.processes import Service
 from tests.test_smoke import PAYLOAD
 
 pytestmark = pytest.mark.slow
@@ -31,20 +31,15 @@ def test_make_dev_starts_postgresql_migrates_and_serves():
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MAKEFLAGS")}
     env.update({"PORT": str(port), "LOG_LEVEL": "WARNING"})
     args = [f"PGDATA_DEV={pgdata}", f"VENV={REPO_ROOT / '.venv'}"]
-    dev = subprocess.Popen(
-        ["make", "--no-print-directory", "dev", *args], cwd=REPO_ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    log_path = workdir / "make-dev.log"
+    with log_path.open("wb") as log:
+        dev = subprocess.Popen(
+            ["make", "--no-print-directory", "dev", *args], cwd=REPO_ROOT, env=env,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert dev.poll() is None, dev.stdout.read().decode() if dev.stdout else ""
-            with contextlib.suppress(httpx2.HTTPError):
-                if httpx2.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "make dev did not serve within 120 s"
-            time.sleep(0.2)
+        Service(dev, port, "make-dev", log_path).wait_ready(timeout=120)
         user = "550e8400-e29b-41d4-a716-446655440000"
         assert httpx2.put(f"{base}/api/sync/{user}", json=PAYLOAD).status_code == 200
         assert httpx2.get(f"{base}/api/sync/{user}").json()["iv"] == PAYLOAD["iv"]

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 
 from service.localpg import free_port
 from tests.paths import REPO_ROOT
+from tests.processes import Service
 from tests.test_smoke import PAYLOAD
 
 pytestmark = pytest.mark.slow
@@ -117,21 +117,16 @@ def test_the_installed_wheel_migrates_an_empty_database(
 @contextlib.contextmanager
 def _serving(cli: str, cwd: Path, env: dict[str, str]) -> Iterator[str]:
     port = free_port()
-    process = subprocess.Popen(
-        [cli, "serve", "--port", str(port)], cwd=cwd, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    log_path = cwd / "serve.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [cli, "serve", "--port", str(port)], cwd=cwd, env=env,
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
-            with contextlib.suppress(httpx2.HTTPError):
-                if httpx2.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "the installed service did not become ready"
-            time.sleep(0.1)
-        yield base
+        service = Service(process, port, "wheel", log_path)
+        service.wait_ready(timeout=30)
+        yield service.base_url
     finally:
         process.send_signal(signal.SIGTERM)
         try:

@@ -47,6 +47,14 @@ def run_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
 # --- the session's database ------------------------------------------------------------------
 
 
+def insert_small_record(conn: psycopg.Connection, user_id: str) -> None:
+    """A valid 4-byte record for `user_id`, stored directly (not through the API)."""
+    test_queries.insert_raw_record(
+        conn, user_id=user_id, encrypted_blob="dGVzdA==", iv="MTIzNDU2Nzg5MGFi",
+        timestamp=1, checksum="a" * 64, blob_size=4,
+    )  # fmt: skip
+
+
 def test_user_sync_data_is_distributed_by_user_id(database_url):
     assert table_info(database_url, "user_sync_data")[:2] == ("distributed", "user_id")
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -153,10 +161,7 @@ def test_without_workers_the_table_stays_local_until_workers_are_added(
     ids = [new_user_id() for _ in range(20)]
     with psycopg.connect(url, autocommit=True) as conn:
         for user_id in ids:
-            test_queries.insert_raw_record(
-                conn, user_id=user_id, encrypted_blob="dGVzdA==", iv="MTIzNDU2Nzg5MGFi",
-                timestamp=1, checksum="a" * 64, blob_size=4,
-            )  # fmt: skip
+            insert_small_record(conn, user_id)
         citus.add_workers(conn)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="service.migrations"):
@@ -273,10 +278,7 @@ def test_a_migration_citus_refuses_is_rolled_back_and_not_recorded(
 def test_the_sql_command_runs_named_queries_through_psql_on_the_coordinator(database_url, db):
     for days_ago in (800, 900, 1):
         user_id = new_user_id()
-        test_queries.insert_raw_record(
-            db, user_id=user_id, encrypted_blob="dGVzdA==", iv="MTIzNDU2Nzg5MGFi",
-            timestamp=1, checksum="a" * 64, blob_size=4,
-        )  # fmt: skip
+        insert_small_record(db, user_id)
         test_queries.age_record(db, user_id=user_id, days=days_ago)
     counted = run_cli(database_url, "sql", "count_inactive_records", "inactive_days=730")
     assert counted.returncode == 0, counted.stderr
@@ -293,10 +295,7 @@ def test_cleanup_erases_inactive_records_on_every_shard_in_batches(database_url,
     ids = []
     for i in range(60):
         user_id = new_user_id()
-        test_queries.insert_raw_record(
-            db, user_id=user_id, encrypted_blob="dGVzdA==", iv="MTIzNDU2Nzg5MGFi",
-            timestamp=1, checksum="a" * 64, blob_size=4,
-        )  # fmt: skip
+        insert_small_record(db, user_id)
         test_queries.age_record(db, user_id=user_id, days=800 + i if i < 50 else 1)
         ids.append(user_id)
     result = run_cli(database_url, "cleanup", "--inactive-days", "730")
@@ -318,10 +317,7 @@ def test_a_coordinator_dump_restored_and_migrated_is_distributed_again(
     ids = [new_user_id() for _ in range(30)]
     with psycopg.connect(url, autocommit=True) as conn:
         for user_id in ids:
-            test_queries.insert_raw_record(
-                conn, user_id=user_id, encrypted_blob="dGVzdA==", iv="MTIzNDU2Nzg5MGFi",
-                timestamp=1, checksum="a" * 64, blob_size=4,
-            )  # fmt: skip
+            insert_small_record(conn, user_id)
     dump = tmp_path / "coordinator.dump"
     bindir = Path(citus.bindir)
     subprocess.run(
