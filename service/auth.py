@@ -109,8 +109,9 @@ class TokenVerifier:
             raise TokenInvalid() from None
 
 
-def authorize(request: Request, user_id: uuid.UUID) -> None:
-    """Refuse the request unless auth is off or its token is for `user_id`.
+def authorize(request: Request, user_id: str) -> None:
+    """Refuse the request unless auth is off or its token is for `user_id` (the path's
+    id in canonical text, service.payload.parse_user_key).
 
     A refusal is counted against the client IP (it may raise RateLimitExceeded, a 429,
     when that address spent its refusals), never against the path's user."""
@@ -118,7 +119,7 @@ def authorize(request: Request, user_id: uuid.UUID) -> None:
     if verifier is None:
         return
     try:
-        if verifier.user_of(request.headers.getlist("authorization")) != user_id:
+        if str(verifier.user_of(request.headers.getlist("authorization"))) != user_id:
             raise AccessDenied()
     except AuthenticationFailed as refused:
         setattr(request.state, OUTCOME_KEY, refused.outcome)

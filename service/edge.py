@@ -30,6 +30,7 @@ from service.logs import log_access, user_hash
 from service.responses import ORJSONResponse
 
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "PATCH"})
+_FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto"})
 
 
 class JSONCORSMiddleware(CORSMiddleware):
@@ -43,22 +44,21 @@ class JSONCORSMiddleware(CORSMiddleware):
 
     _constant: dict[bool, list[tuple[bytes, bytes]]] | None = None
 
-    async def send(self, message: Message, send: Send, request_headers: Headers) -> None:
+    async def send_with(self, message: Message, send: Send, scope: Scope, has_origin: bool) -> None:
+        """`send`, for a response start of the request in `scope` (`has_origin`: whether
+        it came with an Origin header): the constant headers when they apply, else
+        Starlette's own."""
         constant = self._constant
         if constant is None and self.allow_all_origins and not self.allow_credentials:
             constant = self._constant = {
                 True: await self._added_headers(Headers({"origin": "https://any.example"})),
                 False: await self._added_headers(Headers()),
             }
-        if (
-            constant is None
-            or message["type"] != "http.response.start"
-            or any(name == b"vary" for name, _ in message.get("headers", ()))
-        ):
-            await super().send(message, send, request_headers)
+        headers = message.get("headers", ())
+        if constant is None or any(name == b"vary" for name, _ in headers):
+            await super().send(message, send, Headers(scope=scope))
             return
-        added = constant["origin" in request_headers]
-        message["headers"] = [*message.get("headers", ()), *added]
+        message["headers"] = [*headers, *constant[has_origin]]
         await send(message)
 
     async def _added_headers(self, request_headers: Headers) -> list[tuple[bytes, bytes]]:
@@ -115,14 +115,21 @@ class EdgeMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        await self.proxy_headers(scope, receive, send)  # rewrites scope["client"], ["scheme"]
+        # One pass over the request's headers for what the edge decides on. uvicorn's
+        # proxy-header rewrite changes nothing without X-Forwarded-For/-Proto, so it runs
+        # only when one of them came (it still decides whether their sender is trusted).
+        has_origin = forwarded = asks_method = False
+        for name, _ in scope["headers"]:
+            if name == b"origin":
+                has_origin = True
+            elif name in _FORWARDING:
+                forwarded = True
+            elif name == b"access-control-request-method":
+                asks_method = True
+        if forwarded:
+            await self.proxy_headers(scope, receive, send)  # rewrites ["client"], ["scheme"]
         cors = self.cors
-        request_headers = Headers(scope=scope)
-        preflight = (
-            scope["method"] == "OPTIONS"
-            and "origin" in request_headers
-            and "access-control-request-method" in request_headers
-        )
+        preflight = has_origin and asks_method and scope["method"] == "OPTIONS"
         status = 500
 
         async def send_at_edge(message: Message) -> None:
@@ -130,13 +137,13 @@ class EdgeMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 if not preflight:  # a preflight's answer carries its own CORS headers
-                    await cors.send(message, send, request_headers)
+                    await cors.send_with(message, send, scope, has_origin)
                     return
             await send(message)
 
         try:
             if preflight:
-                response = cors.preflight_response(request_headers=request_headers)
+                response = cors.preflight_response(request_headers=Headers(scope=scope))
                 await response(scope, receive, send_at_edge)
             else:
                 await self.app(scope, receive, send_at_edge)

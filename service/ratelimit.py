@@ -137,11 +137,13 @@ class RateLimiter:
         """Count one request for `user_id` from `client_ip`, or raise RateLimitExceeded
         (then nothing is counted). Returns the tightest quota to advertise, or None when
         limiting is off."""
-        checks = []
+        if self.per_ip <= 0 or not client_ip:  # the default: one bucket, the user's
+            if self.per_user <= 0:
+                return None
+            return self._admit_one("user", f"user:{user_id}", self.per_user)
+        checks = [("ip", f"ip:{client_ip}", self.per_ip)]
         if self.per_user > 0:
-            checks.append(("user", f"user:{user_id}", self.per_user))
-        if self.per_ip > 0 and client_ip:
-            checks.append(("ip", f"ip:{client_ip}", self.per_ip))
+            checks.insert(0, ("user", f"user:{user_id}", self.per_user))
         return self._admit(checks)
 
     def admit_refusal(self, *, client_ip: str | None) -> Quota | None:
@@ -150,7 +152,20 @@ class RateLimiter:
         limit = self.per_ip or self.per_user
         if limit <= 0 or not client_ip:
             return None
-        return self._admit([("ip", f"ip:{client_ip}", limit)])
+        return self._admit_one("ip", f"ip:{client_ip}", limit)
+
+    def _admit_one(self, label: str, key: str, limit: int) -> Quota:
+        """`_admit` for a single bucket, without its lists (every request takes this)."""
+        now = self._clock()
+        reset_seconds = self._roll(now)
+        bucket = self._bucket(key, now)
+        total = bucket.known + bucket.sending + bucket.pending
+        if total >= limit:
+            metrics.RATE_LIMITED.labels(label).inc()
+            raise RateLimitExceeded(Quota(limit=limit, remaining=0, reset_seconds=reset_seconds))
+        bucket.pending += 1
+        self._unsent.add(key)
+        return Quota(limit, max(0, limit - total - 1), reset_seconds)
 
     def _admit(self, checks: list[tuple[str, str, int]]) -> Quota | None:
         if not checks:

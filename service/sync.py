@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -22,10 +23,9 @@ from service.payload import (
     MAX_BODY_BYTES,
     SyncPayload,
     parse_json_body,
-    parse_user_id,
+    parse_user_key,
     validate_payload,
 )
-from service.responses import ORJSONResponse
 
 SUCCESS = {"success": True}
 
@@ -33,7 +33,7 @@ SUCCESS = {"success": True}
 async def put_record(request: Request) -> Response:
     """PUT /api/sync/{userId}: insert or replace the record (conditionally with
     If-Match / If-None-Match); answers with the new version's ETag."""
-    user_id = parse_user_id(request.path_params["user_id"])
+    user_id = parse_user_key(request.path_params["user_id"])
     authorize(request, user_id)  # before the body is read or the user's quota spent
     if_match = parse_condition(request.headers, "If-Match")
     if_none_match = parse_condition(request.headers, "If-None-Match")
@@ -53,7 +53,7 @@ async def put_record(request: Request) -> Response:
 
 async def _store(
     request: Request,
-    user_id: uuid.UUID,
+    user_id: str,
     payload: SyncPayload,
     if_match: Condition | None,
     if_none_match: Condition | None,
@@ -98,7 +98,7 @@ async def _store(
 async def get_record(request: Request) -> Response:
     """GET /api/sync/{userId}: the record, exactly the four client fields, with its
     ETag; 304 without a body when If-None-Match names the current version."""
-    user_id = parse_user_id(request.path_params["user_id"])
+    user_id = parse_user_key(request.path_params["user_id"])
     authorize(request, user_id)
     if_none_match = parse_condition(request.headers, "If-None-Match")
     row = await run_statement(
@@ -124,7 +124,7 @@ async def get_record(request: Request) -> Response:
 async def delete_record(request: Request) -> Response:
     """DELETE /api/sync/{userId}: erase the record, whether or not it existed; with
     If-Match only while it is at that version."""
-    user_id = parse_user_id(request.path_params["user_id"])
+    user_id = parse_user_key(request.path_params["user_id"])
     authorize(request, user_id)
     if_match = parse_condition(request.headers, "If-Match")
     if if_match is None:
@@ -144,7 +144,7 @@ async def delete_record(request: Request) -> Response:
 async def verify_record(request: Request) -> Response:
     """POST /api/sync/{userId}/verify: whether a record exists (device pairing), with
     its ETag when it does."""
-    user_id = parse_user_id(request.path_params["user_id"])
+    user_id = parse_user_key(request.path_params["user_id"])
     authorize(request, user_id)
     row = await run_statement(request, queries.record_version, user_id=user_id)
     version = row[0] if row is not None else None
@@ -174,9 +174,12 @@ async def run_statement(request: Request, query: Any, **params: object) -> tuple
     before any statement runs; the statement travels to PostgreSQL with those of
     concurrent requests, in one round trip (service/batching.py), and is still its own
     transaction. The quota is kept for the response headers."""
-    client = request.client.host if request.client else None
-    request.state.quota = request.state.limiter.admit(user_id=params["user_id"], client_ip=client)
-    return await request.state.batcher.fetchone(query.sql, params)
+    state = request.state
+    client = request.client
+    state.quota = state.limiter.admit(
+        user_id=params["user_id"], client_ip=client.host if client else None
+    )
+    return await state.batcher.fetchone(query.sql, params)
 
 
 async def _one_row(request: Request, query: Any, **params: object) -> tuple:
@@ -187,7 +190,7 @@ async def _one_row(request: Request, query: Any, **params: object) -> tuple:
     return row
 
 
-async def _current_version(request: Request, user_id: uuid.UUID) -> uuid.UUID | None:
+async def _current_version(request: Request, user_id: str) -> uuid.UUID | None:
     """The record's version for a 412, read afresh: the failed statement's snapshot may
     predate the write that made the precondition fail, and the client needs the ETag
     that is current now to retry. Only failed preconditions pay this extra statement."""
@@ -200,7 +203,9 @@ def respond(request: Request, content: object, *, etag: uuid.UUID | None = None)
     headers = quota_headers(request)
     if etag is not None:
         headers["ETag"] = etag_header(etag)
-    return ORJSONResponse(content, headers=headers)
+    # Rendered here and handed over as bytes: the same body and headers as
+    # ORJSONResponse, without JSONResponse's layer (about 2 µs a response).
+    return Response(orjson.dumps(content), headers=headers, media_type="application/json")
 
 
 def quota_headers(request: Request) -> dict[str, str]:
