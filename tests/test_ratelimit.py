@@ -489,4 +489,25 @@ def test_exchanges_send_their_buckets_in_one_order(database_url):
     for user in [new_user_id() for _ in range(20)]:
         a.admit(user_id=user, client_ip="192.0.2.7")
     asyncio.run(a.exchange(recording))
-    assert seen[0] == sorted(seen[0]) and len(seen[0]) == 20
+    sent = [key.strip('"') for key in seen[0].strip("{}").split(",")]  # plain keys here
+    assert sent == sorted(sent) and len(sent) == 20
+
+
+def test_any_client_address_survives_the_exchange_exactly(database_url):
+    """The exchange sends its buckets as one array literal: quotes, backslashes, commas
+    and braces in an address (a forwarded one can hold anything) arrive as they were."""
+    clock = FakeClock(7200.0 + 10)
+    odd = 'a"b\\c,d{e} f'
+    a, b = (RateLimiter(per_user=0, per_ip=5, window_seconds=3600, clock=clock) for _ in "ab")
+    _, run = _exchanging_limiters(database_url, clock, count=0)
+    for _ in range(4):
+        a.admit(user_id=new_user_id(), client_ip=odd)
+
+    async def exchange_both() -> None:
+        await a.exchange(run)
+        await b.exchange(run)  # learns a's bucket, by its exact key
+
+    asyncio.run(exchange_both())
+    assert b.admit(user_id=new_user_id(), client_ip=odd).remaining == 0  # 4 + this one
+    with pytest.raises(RateLimitExceeded):
+        b.admit(user_id=new_user_id(), client_ip=odd)
