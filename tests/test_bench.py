@@ -89,3 +89,18 @@ def test_each_floor_app_answers_every_request_of_the_wrk_script(
     assert test_queries.count_records(db) == USERS
     blobs = {record[1] for record in test_queries.all_records(db)}
     assert (sent["encryptedBlob"] in blobs) == runs_statements
+
+
+def test_the_in_process_timing_answers_every_request_of_both_apps():
+    """bench/inprocess.py runs both apps to a 200 on every request (it exits otherwise)
+    and reports each case; what it measures is not asserted."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.inprocess", "--requests", "200", "--repeats", "1"],
+        cwd=stack.ROOT, capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    lines = out.splitlines()
+    assert [line.split()[0] for line in lines] == ["get", "verify"], out
+    assert all("service:" in line and "difference:" in line for line in lines), out
