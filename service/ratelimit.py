@@ -141,9 +141,8 @@ class RateLimiter:
             if self.per_user <= 0:
                 return None
             return self._admit_one("user", f"user:{user_id}", self.per_user)
-        checks = [("ip", f"ip:{client_ip}", self.per_ip)]
-        if self.per_user > 0:
-            checks.insert(0, ("user", f"user:{user_id}", self.per_user))
+        checks = [("user", f"user:{user_id}", self.per_user)] if self.per_user > 0 else []
+        checks.append(("ip", f"ip:{client_ip}", self.per_ip))
         return self._admit(checks)
 
     def admit_refusal(self, *, client_ip: str | None) -> Quota | None:
@@ -159,7 +158,7 @@ class RateLimiter:
         now = self._clock()
         reset_seconds = self._roll(now)
         bucket = self._bucket(key, now)
-        total = bucket.known + bucket.sending + bucket.pending
+        total = bucket.total
         if total >= limit:
             metrics.RATE_LIMITED.labels(label).inc()
             raise RateLimitExceeded(Quota(limit=limit, remaining=0, reset_seconds=reset_seconds))
@@ -167,9 +166,8 @@ class RateLimiter:
         self._unsent.add(key)
         return Quota(limit, max(0, limit - total - 1), reset_seconds)
 
-    def _admit(self, checks: list[tuple[str, str, int]]) -> Quota | None:
-        if not checks:
-            return None
+    def _admit(self, checks: list[tuple[str, str, int]]) -> Quota:
+        """Admit a request counted in every bucket of `checks` (user, then IP), or none."""
         now = self._clock()
         reset_seconds = self._roll(now)
         buckets = [(label, self._bucket(key, now), limit) for label, key, limit in checks]
