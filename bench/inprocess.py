@@ -9,8 +9,8 @@ app (bench/stack.py's settings: limiter on and set high, access log on, written 
 in one process, each with a statement batcher that answers at once, so what is timed is
 uvicorn-free Python: Starlette, the edge, the handler, the limiter, the response and the
 access line. The report is the best of `--repeats` runs of `--requests` requests, per
-request, for GET and verify of 1,000 users; the difference between the two apps is what
-the contract's own work costs. A profiler can be pointed at it too
+request, for GET, PUT (a 4 KB blob) and verify of 1,000 users; the difference between the
+two apps is what the contract's own work costs. A profiler can be pointed at it too
 (`py-spy record -- python -m bench.inprocess`). It sets up logging for its own process,
 so run it as a command, not from inside another program.
 """
@@ -29,19 +29,22 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 from unittest import mock
 
+import orjson
+
 from bench import stack
 
 USERS = [stack.user_id(n) for n in range(1, 1001)]
 ROW = ("A" * 5464, "A" * 16, 1_700_000_000_000, "a" * 64, uuid.uuid4(), False)
-CASES = {"get": ("GET", ""), "verify": ("POST", "/verify")}
+CASES = {"get": ("GET", ""), "put": ("PUT", ""), "verify": ("POST", "/verify")}
+PUT_BODY = orjson.dumps(stack.Payload(4096).fields())
 
 
 class AnsweringBatcher:
     """A StatementBatcher's `fetchone` that answers every statement at once: a record
-    for the GET statement, its version for the one-parameter ones (verify)."""
+    for the GET statement, a version for the others (verify, and a PUT's upsert)."""
 
     async def fetchone(self, sql: str, params: Mapping[str, Any]) -> tuple[Any, ...]:
-        return ROW if len(params) > 1 else (ROW[4],)
+        return ROW if "known_versions" in params else (ROW[4],)
 
 
 @contextlib.contextmanager
@@ -89,10 +92,16 @@ def apps() -> dict[str, tuple[Any, dict[str, object]]]:
 
 
 def _scope(method: str, path: str, state: dict[str, object]) -> dict[str, Any]:
+    headers = [(b"host", b"127.0.0.1"), (b"user-agent", b"wrk")]
+    if method == "PUT":
+        headers += [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(PUT_BODY)),
+        ]
     return {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
         "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-        "root_path": "", "headers": [(b"host", b"127.0.0.1"), (b"user-agent", b"wrk")],
+        "root_path": "", "headers": headers,
         "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 5175), "state": dict(state),
     }  # fmt: skip
 
@@ -101,9 +110,10 @@ async def time_requests(app: Any, state: dict[str, object], case: str, count: in
     """µs per request over `count` requests of `case`, answered in full."""
     method, suffix = CASES[case]
     statuses: list[int] = []
+    body = PUT_BODY if method == "PUT" else b""
 
     async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": body, "more_body": False}
 
     async def send(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":

@@ -14,7 +14,9 @@ comparisons of code changes on one schema:
 Every variant runs as its own service (the production shape of bench/stack.py plus the
 variant's settings) on one database. Each round runs every case against every variant in
 turn, alternating, so the machine's noise lands on all of them alike; the report gives the
-median over rounds and each variant's ratio to the first.
+median over rounds, each variant's ratio to the first, and the CPU per request of the
+service's processes, of PostgreSQL and of wrk (bench/load.py: every uvicorn worker on the
+machine counts as the service's, so only the idle variants add to a variant's number).
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def main() -> None:
     print(f"\nmedians over {args.rounds} rounds of {args.seconds} s, wrk -t2 (-t1 for -c1)")
     print(
         f"{'case':<7} {'conns':>5} {'variant':<22} {'req/s':>7} {'ratio':>6} {'p50':>7} "
-        f"{'p99':>7} errors"
+        f"{'p99':>7} errors | µs/request: service PostgreSQL  wrk"
     )
     for case, conns in itertools.product(cases, connections):
         base = statistics.median(r.rate for r in runs[(case, conns, first)])
@@ -97,9 +99,13 @@ def main() -> None:
             p50 = statistics.median(r.p50 for r in results)
             p99 = statistics.median(r.p99 for r in results)
             errors = sum(r.errors for r in results)
+            cpu = [
+                statistics.median((r.cpu_us or {}).get(kind, 0.0) for r in results)
+                for kind in ("service", "postgres", "wrk")
+            ]
             print(
                 f"{case:<7} {conns:>5} {name:<22} {rate:7.0f} {rate / base:6.2f} "
-                f"{p50:7.2f} {p99:7.2f} {errors}"
+                f"{p50:7.2f} {p99:7.2f} {errors:>6} | {cpu[0]:19.0f} {cpu[1]:10.0f} {cpu[2]:4.0f}"
             )
 
 

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import metrics, migrations, sync
+from service import db, metrics, migrations, sync
 from service.auth import build_verifier
 from service.bodies import UploadBudget
 from service.cleanup import scheduled_cleanup
@@ -213,7 +213,7 @@ def _lifespan(settings: Settings):
 
         async def exchange_counts(**bindings: object) -> list[tuple[str, int]]:
             async with pool.connection() as conn:
-                return [row async for row in queries.exchange_counts(conn, **bindings)]
+                return await db.exchange_counts(conn, **bindings)
 
         async def observe() -> None:
             metrics.observe_pool(pool)

@@ -102,5 +102,5 @@ def test_the_in_process_timing_answers_every_request_of_both_apps():
         cwd=stack.ROOT, capture_output=True, text=True, timeout=120, check=True,
     ).stdout  # fmt: skip
     lines = out.splitlines()
-    assert [line.split()[0] for line in lines] == ["get", "verify"], out
+    assert [line.split()[0] for line in lines] == ["get", "put", "verify"], out
     assert all("service:" in line and "difference:" in line for line in lines), out

@@ -355,6 +355,32 @@ valid_payloads = st.fixed_dictionaries(
 )
 
 
+# --- Property 0: the blob rule alone, without HTTP ----------------------------------------
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    blob=st.one_of(
+        valid_blobs,
+        mutated_blobs(),
+        st.text(alphabet=B64_ALPHABET[::5] + "=", max_size=12),
+        st.text(max_size=12),
+    )
+)
+@example(blob="")
+@example(blob="====")
+@example(blob="A===")
+@example(blob="AB==")
+@example(blob="AAB=")
+@example(blob="AA=A")
+def test_the_blob_rule_gives_the_oracle_s_size(blob: str) -> None:
+    """service.payload's shape check of a blob (no decoding) gives exactly the oracle's
+    decoded size, or None where the oracle refuses: thousands of cases without HTTP."""
+    from service.payload import decoded_blob_size
+
+    assert decoded_blob_size(blob) == oracle_blob_size(blob)
+
+
 # --- Property 1: the service answers what the oracle says ----------------------------------
 
 

@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from service import pgwire
 from service.app import create_app
-from service.db import queries
+from service.db import exchange_counts, queries
 from service.ratelimit import RateLimiter, RateLimitExceeded
 from tests.conftest import new_user_id, test_queries
 from tests.processes import service_process
@@ -347,7 +347,7 @@ def _exchanging_limiters(
 
     async def run(**bindings):
         async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-            return [row async for row in queries.exchange_counts(conn, **bindings)]
+            return await exchange_counts(conn, **bindings)
 
     limiters = [
         RateLimiter(per_user=5, per_ip=0, window_seconds=window_seconds, clock=clock)
