@@ -203,7 +203,7 @@ def main() -> None:
             run_wrk(svc.base_url, "get", users=USERS, body=body, seconds=2)  # warm-up
         for round_no in range(1, args.rounds + 1):
             for case in cases:
-                for name, svc in running.items():
+                for name, svc in stack.rotated(running.items(), round_no):
                     stack.forget_rate_limits(url)
                     stack.settle(0.5)
                     result = run_wrk(

@@ -13,7 +13,9 @@ comparisons of code changes on one schema:
 
 Every variant runs as its own service (the production shape of bench/stack.py plus the
 variant's settings) on one database. Each round runs every case against every variant in
-turn, alternating, so the machine's noise lands on all of them alike; the report gives the
+turn, alternating, and starts one variant later than the round before, so the machine's
+noise lands on all of them alike, and so does whatever the place in the order costs (two
+runs of the same code, first and third, once measured 1.09x apart); the report gives the
 median over rounds, each variant's ratio to the first, and the CPU per request of the
 service's processes, of PostgreSQL and of wrk (bench/load.py: every uvicorn worker on the
 machine counts as the service's, so only the idle variants add to a variant's number).
@@ -76,7 +78,7 @@ def main() -> None:
             run_wrk(svc.base_url, "mixed", users=args.users, body=body, seconds=2)  # warm-up
         for round_no in range(1, args.rounds + 1):
             for case, conns in itertools.product(cases, connections):
-                for name, svc in running.items():
+                for name, svc in stack.rotated(running.items(), round_no):
                     stack.forget_rate_limits(url)
                     stack.settle(0.5)
                     result = run_wrk(

@@ -17,15 +17,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import aiosql
 import httpx2
 import psycopg
 
 from service.localpg import DATABASE, USER, free_port, throwaway_cluster
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -223,6 +226,15 @@ def _wait_healthy(running: Service) -> None:
                 return
         time.sleep(0.1)
     raise SystemExit("the service did not become healthy within 60 s")
+
+
+def rotated(items: Iterable[T], round_no: int) -> list[T]:
+    """`items` starting `round_no - 1` places later (round 1 as given): benchmarks that
+    run several servers in turn give each one every place in the order across rounds,
+    because a place can cost by itself (docs/benchmarks.md)."""
+    listed = list(items)
+    shift = (round_no - 1) % len(listed) if listed else 0
+    return listed[shift:] + listed[:shift]
 
 
 def settle(seconds: float = 1.0) -> None:

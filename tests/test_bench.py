@@ -104,3 +104,14 @@ def test_the_in_process_timing_answers_every_request_of_both_apps():
     lines = out.splitlines()
     assert [line.split()[0] for line in lines] == ["get", "put", "verify"], out
     assert all("service:" in line and "difference:" in line for line in lines), out
+
+
+def test_rounds_give_every_server_every_place_in_the_order():
+    """bench.floor and bench.levers run their servers in an order that moves one place a
+    round, so over as many rounds as servers each has run in every place once."""
+    servers = ["bare", "starlette", "batcher", "service"]
+    orders = [stack.rotated(servers, round_no) for round_no in range(1, len(servers) + 1)]
+    assert orders[0] == servers
+    for place in range(len(servers)):
+        assert sorted(order[place] for order in orders) == sorted(servers)
+    assert stack.rotated([], 3) == []
