@@ -74,18 +74,23 @@ def test_each_floor_app_answers_every_request_of_the_wrk_script(
     database_url, db, tmp_path, factory
 ):
     """The floors of `make bench-floor` answer 2xx, and the batcher's really runs the
-    statements: a PUT replaces seeded records."""
+    statements (a PUT replaces seeded records) and counts every request against the
+    rate limit, as the service does (its counts reach PostgreSQL)."""
     seeded(database_url)
     body = tmp_path / "body.json"
     sent = stack.Payload(64).write(body)
     port = stack.free_port()
     env = {**stack.SERVICE_ENV, "DATABASE_URL": database_url}
+    answered = 0
     with stack.serving(floor_command(factory, port), port, env, tmp_path / "log") as server:
         for mode in ("get", "put", "verify"):
             result = run_wrk(server.base_url, mode, users=USERS, body=body, seconds=1)
             assert result.requests > 0, mode
             assert result.errors == 0, mode
+            answered += result.requests
     runs_statements = factory.endswith("batcher_app")
+    counted = sum(row[1] for row in test_queries.rate_limit_rows(db))
+    assert counted >= answered if runs_statements else counted == 0
     assert test_queries.count_records(db) == USERS
     blobs = {record[1] for record in test_queries.all_records(db)}
     assert (sent["encryptedBlob"] in blobs) == runs_statements
