@@ -123,7 +123,8 @@ bench-citus: venv
 	PG_BINDIR="$${PG_BINDIR:-$(CITUS_BINDIR)}" $(PY) -m bench.citus $(BENCH_ARGS)
 
 ## make bench-floor: the service next to the bare parts of its design (uvicorn, Starlette,
-## the statement batcher) and pgbench, for what any code on this design could reach
+## the statement batcher, the rate-limit count) and pgbench, for what any code on this
+## design could reach
 bench-floor: venv
 	$(PY) -m bench.floor $(BENCH_ARGS)
 

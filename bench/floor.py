@@ -173,10 +173,12 @@ def batcher_app() -> Any:
 
 
 CEILING = "ceiling (pgbench)"
+FLOOR = "Starlette + batcher"
+"""The floor of the design: the service's own parts doing only the essential work."""
 FLOORS = {
     "bare ASGI": "bench.floor:bare_app",
     "Starlette": "bench.floor:starlette_app",
-    "Starlette + batcher": "bench.floor:batcher_app",
+    FLOOR: "bench.floor:batcher_app",
 }
 
 
@@ -237,24 +239,34 @@ def main() -> None:
 
 
 def report(case: str, runs: dict[str, list[Result]], args: argparse.Namespace) -> None:
+    """Medians per server, and two ratios of each round's throughput, as the median over
+    rounds (and their range): to the ceiling, and to the floor (`Starlette + batcher`)
+    of the same round. Taken round by round, a ratio compares runs a few seconds apart,
+    so the machine's slower and faster minutes cancel out of it."""
     ceiling = [r.rate for r in runs[CEILING]]
+    floor = [r.rate for r in runs[FLOOR]]
     print(f"\n{case}, wrk -t2 -c32, medians over {args.rounds} rounds of {args.seconds} s")
     print(
         f"{'':<22} {'req/s':>7} {'p50':>6} {'p99':>7} | {'µs/request: client':>18} "
-        f"{'PostgreSQL':>10} {'wrk':>5} | errors | ratio to ceiling"
+        f"{'PostgreSQL':>10} {'wrk':>5} | errors | to ceiling       | to the floor"
     )
     for name, results in runs.items():
         cpu = {k: statistics.median((r.cpu_us or {}).get(k, 0.0) for r in results)
                for k in ("service", "pgbench", "postgres", "wrk")}  # fmt: skip
         client = cpu["pgbench"] if name == CEILING else cpu["service"]
-        ratios = [r.rate / c for r, c in zip(results, ceiling, strict=True)]
         print(
             f"{name:<22} {statistics.median(r.rate for r in results):7.0f} "
             f"{statistics.median(r.p50 for r in results):6.2f} "
             f"{statistics.median(r.p99 for r in results):7.2f} | {client:18.0f} "
             f"{cpu['postgres']:10.0f} {cpu['wrk']:5.0f} | {sum(r.errors for r in results):6} | "
-            f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+            f"{_ratios(results, ceiling)} | {_ratios(results, floor)}"
         )
+
+
+def _ratios(results: list[Result], reference: list[float]) -> str:
+    """Each round's throughput over the reference's in that round: median (min-max)."""
+    ratios = [r.rate / ref for r, ref in zip(results, reference, strict=True)]
+    return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
 if __name__ == "__main__":
