@@ -143,11 +143,7 @@ def batcher_app() -> Any:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         pool = create_pool(settings)
-        limiter = RateLimiter(
-            per_user=settings.user_limit_per_window,
-            per_ip=settings.ip_limit_per_window,
-            window_seconds=settings.rate_limit_window,
-        )
+        limiter = RateLimiter.from_settings(settings)
 
         async def exchange(**bindings: object) -> list[tuple[str, int]]:
             async with pool.connection() as conn:

@@ -73,11 +73,7 @@ def apps() -> dict[str, tuple[Any, dict[str, object]]]:
     with mock.patch.dict(os.environ, env):  # batcher_app reads its settings from there
         floor = batcher_app()
     configure_logging(log_format=settings.log_format, log_level=settings.log_level)
-    limiter = RateLimiter(
-        per_user=settings.user_limit_per_window,
-        per_ip=settings.ip_limit_per_window,
-        window_seconds=settings.rate_limit_window,
-    )
+    limiter = RateLimiter.from_settings(settings)
     state = {
         "batcher": AnsweringBatcher(),
         "limiter": limiter,

@@ -198,11 +198,7 @@ def _lifespan(settings: Settings):
                 applied = await migrations.migrate(conn, lock_timeout=settings.startup_timeout)
             if applied:
                 logger.info("Applied migrations: %s", ", ".join(applied))
-        limiter = RateLimiter(
-            per_user=settings.user_limit_per_window,
-            per_ip=settings.ip_limit_per_window,
-            window_seconds=settings.rate_limit_window,
-        )
+        limiter = RateLimiter.from_settings(settings)
         pool = create_pool(settings)
 
         async def purge_counters() -> None:

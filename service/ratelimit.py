@@ -38,10 +38,13 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service import metrics
 from service.errors import ServiceError
+
+if TYPE_CHECKING:
+    from service.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +131,15 @@ class RateLimiter:
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()  # least recently used first
         self._unsent: set[str] = set()  # buckets with pending counts
         self._exchanged: float | None = None  # when the last exchange began (our clock)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RateLimiter:
+        """The limiter the service's settings describe (the app and the benchmarks')."""
+        return cls(
+            per_user=settings.user_limit_per_window,
+            per_ip=settings.ip_limit_per_window,
+            window_seconds=settings.rate_limit_window,
+        )
 
     @property
     def enabled(self) -> bool:
