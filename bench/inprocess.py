@@ -63,7 +63,7 @@ def apps() -> dict[str, tuple[Any, dict[str, object]]]:
     """Each app to time and the lifespan state its requests carry."""
     from bench.floor import batcher_app
     from service.app import create_app
-    from service.bodies import UploadBudget
+    from service.bodies import BodyDeadlines, UploadBudget
     from service.config import Settings
     from service.logs import configure_logging
     from service.ratelimit import RateLimiter
@@ -80,6 +80,7 @@ def apps() -> dict[str, tuple[Any, dict[str, object]]]:
         "settings": settings,
         "auth": None,
         "upload_budget": UploadBudget(settings.upload_buffer_mb * 1024 * 1024),
+        "body_deadlines": BodyDeadlines(settings.body_timeout),
     }
     return {
         "floor (Starlette + batcher)": (floor, state),

@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from service import db, metrics, migrations, sync
 from service.auth import build_verifier
-from service.bodies import UploadBudget
+from service.bodies import BodyDeadlines, UploadBudget
 from service.cleanup import scheduled_cleanup
 from service.config import Settings
 from service.db import (
@@ -254,6 +254,7 @@ def _lifespan(settings: Settings):
                     "settings": settings,
                     "auth": verifier,
                     "upload_budget": UploadBudget(settings.upload_buffer_mb * 1024 * 1024),
+                    "body_deadlines": BodyDeadlines(settings.body_timeout),
                 }
         finally:
             await pool.close()

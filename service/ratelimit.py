@@ -77,6 +77,14 @@ class Quota:
             "RateLimit-Reset": str(self.reset_seconds),
         }
 
+    def header_pairs(self) -> list[tuple[bytes, bytes]]:
+        """`headers()` as an ASGI message carries them (responses.JSONAnswer)."""
+        return [
+            (b"ratelimit-limit", b"%d" % self.limit),
+            (b"ratelimit-remaining", b"%d" % self.remaining),
+            (b"ratelimit-reset", b"%d" % self.reset_seconds),
+        ]
+
 
 class RateLimitExceeded(ServiceError):
     """The client spent its requests for this window (a 429)."""

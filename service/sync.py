@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -26,6 +25,7 @@ from service.payload import (
     parse_user_key,
     validate_payload,
 )
+from service.responses import JSONAnswer
 
 SUCCESS = {"success": True}
 
@@ -43,7 +43,10 @@ async def put_record(request: Request) -> Response:
     with request.state.upload_budget.reservation() as reservation:
         try:
             body = await read_body(
-                request, MAX_BODY_BYTES, within=settings.body_timeout, reservation=reservation
+                request,
+                MAX_BODY_BYTES,
+                deadlines=request.state.body_deadlines,
+                reservation=reservation,
             )
         except UploadBudgetExhausted:
             raise ServiceUnavailable(settings.retry_after) from None
@@ -200,12 +203,11 @@ async def _current_version(request: Request, user_id: str) -> uuid.UUID | None:
 
 def respond(request: Request, content: object, *, etag: uuid.UUID | None = None) -> Response:
     """A 200 JSON response carrying the request's RateLimit headers and the ETag."""
-    headers = quota_headers(request)
+    quota = getattr(request.state, "quota", None)
+    headers = quota.header_pairs() if quota is not None else []
     if etag is not None:
-        headers["ETag"] = etag_header(etag)
-    # Rendered here and handed over as bytes: the same body and headers as
-    # ORJSONResponse, without JSONResponse's layer (about 2 µs a response).
-    return Response(orjson.dumps(content), headers=headers, media_type="application/json")
+        headers.append((b"etag", etag_header(etag).encode()))
+    return JSONAnswer(content, headers)
 
 
 def quota_headers(request: Request) -> dict[str, str]:
