@@ -70,20 +70,17 @@ class Quota:
     remaining: int
     reset_seconds: int
 
-    def headers(self) -> dict[str, str]:
-        return {
-            "RateLimit-Limit": str(self.limit),
-            "RateLimit-Remaining": str(self.remaining),
-            "RateLimit-Reset": str(self.reset_seconds),
-        }
-
     def header_pairs(self) -> list[tuple[bytes, bytes]]:
-        """`headers()` as an ASGI message carries them (responses.JSONAnswer)."""
+        """The RateLimit headers as an ASGI message carries them (responses.JSONAnswer)."""
         return [
             (b"ratelimit-limit", b"%d" % self.limit),
             (b"ratelimit-remaining", b"%d" % self.remaining),
             (b"ratelimit-reset", b"%d" % self.reset_seconds),
         ]
+
+    def headers(self) -> dict[str, str]:
+        """The same headers as text, for Starlette's responses (errors, 304)."""
+        return {name.decode(): value.decode() for name, value in self.header_pairs()}
 
 
 class RateLimitExceeded(ServiceError):

@@ -22,18 +22,18 @@ class ORJSONResponse(JSONResponse):
 
 class JSONAnswer(Response):
     """The answer of a sync request: orjson's body, and headers given as the byte pairs
-        the ASGI message carries, with lowercase names, in Starlette's order (the given
+    the ASGI message carries, with lowercase names, in Starlette's order (the given
     headers, then content-length and content-type).
 
-        Why not Response(headers=...): Starlette takes a dict of text, encodes and lowercases
-        each name and value and scans them for content-length and content-type, for every
-        response; the sync routes know their few headers as bytes already. That was 2.7 µs
-        of the 3.6 a response took to build (bench/inprocess.py measures the whole path).
+    Why not Response(headers=...): Starlette takes a dict of text, encodes and lowercases
+    each name and value and scans them for content-length and content-type, for every
+    response; the sync routes know their few headers as bytes already. That was 2.7 µs
+    of the 3.6 a response took to build (bench/inprocess.py measures the whole path).
 
-        It is a Response (body, status_code, headers, media_type, background as Starlette
-        documents them), and it sends itself: its `__call__` is the two ASGI messages, so it
-        leans on no part of Response's implementation. tests/test_responses.py checks that
-        it sends what Starlette's Response sends for the same content and headers."""
+    It is a Response (body, status_code, headers, media_type, background as Starlette
+    documents them), and it sends itself: its `__call__` is the two ASGI messages, so it
+    leans on no part of Response's implementation. tests/test_responses.py checks that
+    it sends what Starlette's Response sends for the same content and headers."""
 
     media_type = "application/json"
 
