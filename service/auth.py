@@ -115,7 +115,7 @@ def authorize(request: Request, user_id: str) -> None:
 
     A refusal is counted against the client IP (it may raise RateLimitExceeded, a 429,
     when that address spent its refusals), never against the path's user."""
-    verifier: TokenVerifier | None = getattr(request.state, "auth", None)
+    verifier: TokenVerifier | None = request.scope["state"].get("auth")
     if verifier is None:
         return
     try:

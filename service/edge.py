@@ -16,6 +16,7 @@ handler's `auth=` outcome, never the token.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -55,7 +56,7 @@ class JSONCORSMiddleware(CORSMiddleware):
                 False: await self._added_headers(Headers()),
             }
         headers = message.get("headers", ())
-        if constant is None or any(name == b"vary" for name, _ in headers):
+        if constant is None or _has_vary(headers):
             await super().send(message, send, Headers(scope=scope))
             return
         message["headers"] = [*headers, *constant[has_origin]]
@@ -84,6 +85,15 @@ class JSONCORSMiddleware(CORSMiddleware):
             status_code=response.status_code,
             headers=headers,
         )
+
+
+def _has_vary(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a response start's headers hold a Vary; a loop, not any() over a
+    generator, which cost a GET 0.5 µs of the edge's 2 (bench/inprocess.py)."""
+    for name, _ in headers:  # noqa: SIM110 (the point is not to build a generator)
+        if name == b"vary":
+            return True
+    return False
 
 
 async def _scope_rewritten_only(scope: Scope, receive: Receive, send: Send) -> None:
